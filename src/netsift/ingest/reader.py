@@ -1,0 +1,253 @@
+"""Open a capture (file, pipe, compressed) and yield Arrow record batches of packets.
+
+One loop serves every container format: it keeps a byte buffer, refills it from the
+input in chunks, and hands it to the format's compiled ``walk``, which decodes as many
+whole records as the buffer holds. Memory stays bounded by the buffer (grown only to
+hold one maximal record) and one batch of rows.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+import numpy as np
+import pyarrow as pa
+import zstandard
+
+from netsift.errors import CaptureError
+from netsift.ingest import pcap, pcapng, skips
+from netsift.ingest.decode import Columns
+
+CHUNK_BYTES = 8 * 1024 * 1024
+DEFAULT_BATCH_ROWS = 256 * 1024
+
+_COMPRESSION_MAGICS = (
+    (b"\x1f\x8b", "gzip"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"BZh", "bzip2"),
+)
+
+
+@dataclass
+class ReadStats:
+    """What one capture yielded: packets decoded, bytes consumed, skips by reason."""
+
+    source: str
+    format: str = ""
+    compression: str = ""
+    packets: int = 0
+    bytes_read: int = 0
+    counters: np.ndarray = field(default_factory=skips.new_counters)
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        return skips.describe(self.counters)
+
+
+class _Prefixed(io.RawIOBase):
+    """A stream that first replays bytes already peeked from it."""
+
+    def __init__(self, prefix: bytes, stream: BinaryIO):
+        self._prefix = prefix
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self._prefix:
+            n = min(len(buffer), len(self._prefix))
+            buffer[:n] = self._prefix[:n]
+            self._prefix = self._prefix[n:]
+            return n
+        return self._stream.readinto(buffer)
+
+
+def _read_full(stream: BinaryIO, n: int) -> bytes:
+    """Up to n bytes, looping over short reads (pipes)."""
+    parts = []
+    while n > 0:
+        part = stream.read(n)
+        if not part:
+            break
+        parts.append(part)
+        n -= len(part)
+    return b"".join(parts)
+
+
+def _decompressor(kind: str, stream: BinaryIO) -> BinaryIO:
+    if kind == "gzip":
+        return gzip.GzipFile(fileobj=stream, mode="rb")
+    if kind == "xz":
+        return lzma.LZMAFile(stream, mode="rb")
+    if kind == "bzip2":
+        return bz2.BZ2File(stream, mode="rb")
+    return zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True,
+                                                       closefd=False)
+
+
+_DECOMPRESS_ERRORS = (EOFError, zstandard.ZstdError, gzip.BadGzipFile, lzma.LZMAError,
+                      OSError)
+
+
+class CaptureReader:
+    """Iterate over a capture's packets as :data:`netsift.schema.PACKET_SCHEMA` batches.
+
+    ``source`` is a path, ``"-"`` for standard input, or a binary file object. Batches
+    hold ``batch_rows`` rows except the last. :attr:`stats` is complete once iteration
+    ends. Raises :class:`CaptureError` if the input is not a readable capture at all.
+    """
+
+    def __init__(self, source: str | os.PathLike | BinaryIO, *,
+                 batch_rows: int = DEFAULT_BATCH_ROWS, name: str | None = None):
+        self.batch_rows = batch_rows
+        if isinstance(source, (str, os.PathLike)):
+            self.name = name or os.fspath(source)
+            self._path = None if os.fspath(source) == "-" else os.fspath(source)
+            self._stream = None
+        else:
+            self.name = name or getattr(source, "name", "<stream>")
+            self._path = None
+            self._stream = source
+        self.stats = ReadStats(source=self.name)
+
+    # -- opening ---------------------------------------------------------------------
+
+    def _open_raw(self) -> BinaryIO:
+        if self._stream is not None:
+            return self._stream
+        if self._path is None:
+            return sys.stdin.buffer
+        if os.path.isdir(self._path):
+            raise CaptureError(f"{self._path}: is a directory, not a capture file")
+        try:
+            return open(self._path, "rb", buffering=0)
+        except FileNotFoundError:
+            raise CaptureError(f"{self._path}: no such file") from None
+        except PermissionError:
+            raise CaptureError(f"{self._path}: permission denied") from None
+        except OSError as exc:
+            raise CaptureError(f"{self._path}: cannot open ({exc.strerror})") from None
+
+    def _open(self) -> tuple[BinaryIO, list[BinaryIO]]:
+        raw = self._open_raw()
+        opened = [raw] if self._path is not None else []
+        head = _read_full(raw, 8)
+        stream: BinaryIO = _Prefixed(head, raw)
+        for magic, kind in _COMPRESSION_MAGICS:
+            if head.startswith(magic):
+                self.stats.compression = kind
+                stream = _decompressor(kind, stream)
+                opened.insert(0, stream)
+                try:
+                    head = _read_full(stream, 4)
+                except _DECOMPRESS_ERRORS as exc:
+                    raise CaptureError(f"{self.name}: corrupt {kind} data ({exc})") from None
+                stream = _Prefixed(head, stream)
+                break
+        if not head:
+            raise CaptureError(f"{self.name}: empty file")
+        return stream, opened
+
+    # -- iteration -------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        stream, opened = self._open()
+        try:
+            yield from self._batches(stream)
+        finally:
+            for handle in opened:
+                handle.close()
+
+    def _batches(self, stream: BinaryIO) -> Iterator[pa.RecordBatch]:
+        magic = _read_full(stream, 4)
+        self.stats.bytes_read += len(magic)
+        if magic in pcap.MAGICS:
+            self.stats.format = "pcap"
+            header = pcap.PcapHeader(magic + _read_full(stream, pcap.GLOBAL_HEADER - 4),
+                                     self.name)
+            self.stats.bytes_read += pcap.GLOBAL_HEADER - 4
+            state = pcap.new_state()
+
+            def walk(buf, pos, end, final, cols, row, capacity):
+                return pcap.walk(buf, pos, end, final, header.swapped, header.nanos,
+                                 header.linktype, header.max_caplen, state,
+                                 self.stats.counters, cols, row, capacity)
+            prefix = b""
+        elif magic == pcapng.MAGIC:
+            self.stats.format = "pcapng"
+            state, ifaces = pcapng.new_state()
+
+            def walk(buf, pos, end, final, cols, row, capacity):
+                return pcapng.walk(buf, pos, end, final, state, ifaces,
+                                   self.stats.counters, cols, row, capacity)
+            prefix = magic
+        else:
+            raise CaptureError(f"{self.name}: {_describe_unknown(magic)}")
+        yield from self._drive(stream, prefix, walk)
+
+    def _drive(self, stream: BinaryIO, prefix: bytes, walk) -> Iterator[pa.RecordBatch]:
+        buf = np.empty(CHUNK_BYTES * 2, dtype=np.uint8)
+        buf[:len(prefix)] = np.frombuffer(prefix, dtype=np.uint8)
+        fill, pos, eof = len(prefix), 0, False
+        cols, row = Columns(self.batch_rows), 0
+        while True:
+            if not eof:
+                if pos:
+                    buf[:fill - pos] = buf[pos:fill]
+                    fill -= pos
+                    pos = 0
+                if len(buf) - fill < CHUNK_BYTES // 2:
+                    buf = np.concatenate([buf[:fill], np.empty(len(buf), dtype=np.uint8)])
+                try:
+                    got = stream.readinto(memoryview(buf)[fill:])
+                except _DECOMPRESS_ERRORS as exc:
+                    if not self.stats.compression:
+                        raise CaptureError(f"{self.name}: read failed ({exc})") from None
+                    self.stats.counters[skips.CORRUPT_COMPRESSION] += 1
+                    got = 0
+                if not got:
+                    eof = True
+                fill += got or 0
+                self.stats.bytes_read += got or 0
+            pos, row = walk(buf, pos, fill, eof, cols.arrays, row, self.batch_rows)
+            if row == self.batch_rows or (eof and row):
+                self.stats.packets += row
+                yield cols.to_arrow(row, self.name)
+                cols, row = Columns(self.batch_rows), 0
+            if eof and pos >= fill:
+                return
+
+
+def _describe_unknown(magic: bytes) -> str:
+    if magic[:1] in (b"[", b"{"):
+        return "looks like JSON, not a pcap or pcapng capture"
+    return f"not a pcap or pcapng capture (starts with 0x{magic.hex() or 'nothing'})"
+
+
+def read_packets(source: str | os.PathLike | BinaryIO, *,
+                 batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[pa.RecordBatch]:
+    """Yield the packets of one capture as Arrow record batches (see :class:`CaptureReader`)."""
+    return iter(CaptureReader(source, batch_rows=batch_rows))
+
+
+def read_table(source: str | os.PathLike | BinaryIO) -> pa.Table:
+    """All packets of one capture in one Arrow table (small captures, tests)."""
+    reader = CaptureReader(source)
+    batches = list(reader)
+    if not batches:
+        return pa.Table.from_batches([], schema=_empty_schema())
+    return pa.Table.from_batches(batches)
+
+
+def _empty_schema() -> pa.Schema:
+    return Columns(0).to_arrow(0, "").schema
