@@ -85,7 +85,7 @@ def _plausible(buf, q, end, swapped, frac_limit, max_caplen, last_sec):
     return 1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def walk(buf, pos, end, final, swapped, nanos, linktype, max_caplen, state, counters,
          cols, row, capacity):
     """Decode records from ``buf[pos:end]`` into rows ``row..capacity``.

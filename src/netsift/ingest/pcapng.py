@@ -160,7 +160,7 @@ def _timestamp(hi, lo, ifaces, idx):
     return ns
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def walk(buf, pos, end, final, state, ifaces, counters, cols, row, capacity):
     """Decode packet blocks from ``buf[pos:end]`` into rows ``row..capacity``.
 

@@ -1,0 +1,182 @@
+"""The ``netsift`` command. Thin: parse arguments, call the API, print one-line outcomes.
+
+Exit status: 0 success, 1 some input or the run failed (each failure printed on one
+line), 2 usage error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+
+from netsift import __version__
+from netsift.errors import NetsiftError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _say(message: str) -> None:
+    print(f"netsift: {message}", file=sys.stderr)
+
+
+class _Progress:
+    """A tqdm bar over bytes on a terminal; silent otherwise or with --quiet."""
+
+    def __init__(self, quiet: bool, desc: str):
+        self._bar = None
+        if not quiet and sys.stderr.isatty():
+            from tqdm import tqdm
+            self._bar = tqdm(desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+                             file=sys.stderr, leave=False)
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._bar is not None:
+            self._bar.total = max(total, done)
+            self._bar.n = done
+            self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from netsift import store
+    from netsift.ingest.job import ingest
+
+    def on_result(result) -> None:
+        if result.status == "failed":
+            _say(f"error: {result.error}")
+        elif result.status == "not-a-capture":
+            _say(f"skipped: {result.error}")
+        elif result.status == "current" and args.verbose:
+            _say(f"{result.path}: already ingested, unchanged")
+        for reason, count in result.skipped.items():
+            _say(f"warning: {result.path}: {count} {reason}")
+
+    progress = _Progress(args.quiet, "ingest")
+    try:
+        report = ingest(args.inputs, args.out, jobs=args.jobs, batch_rows=args.batch_rows,
+                        force=args.force, on_progress=progress, on_result=on_result)
+    finally:
+        progress.close()
+    size = sum(os.path.getsize(f) for f in store.dataset_files(args.out))
+    rate = report.packets / report.seconds if report.seconds else 0.0
+    parts = [f"{report.count('ingested')} ingested"]
+    for status, label in (("current", "already ingested"), ("not-a-capture", "not captures"),
+                          ("failed", "failed")):
+        if report.count(status):
+            parts.append(f"{report.count(status)} {label}")
+    if not args.quiet:
+        print(f"{', '.join(parts)}: {report.packets:,} packets in {report.seconds:.1f} s "
+              f"({rate:,.0f} packets/s) -> {args.out} ({_human_bytes(size)})")
+    return EXIT_FAILED if report.failed else EXIT_OK
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Describe captures: format, packets, time span, skips."""
+    import datetime as dt
+
+    import pyarrow.compute as pc
+
+    from netsift.ingest.reader import CaptureReader
+
+    status = EXIT_OK
+    for path in args.captures:
+        reader = CaptureReader(path)
+        first = last = None
+        try:
+            for batch in reader:
+                lo, hi = pc.min_max(batch.column("ts")).values()
+                if lo.is_valid:
+                    first = lo.as_py() if first is None else min(first, lo.as_py())
+                    last = hi.as_py() if last is None else max(last, hi.as_py())
+        except NetsiftError as exc:
+            _say(f"error: {exc}")
+            status = EXIT_FAILED
+            continue
+        stats = reader.stats
+        span = ""
+        if first is not None:
+            fmt = "%Y-%m-%d %H:%M:%S"
+            start = dt.datetime.fromtimestamp(first / 1e9, dt.UTC).strftime(fmt)
+            end = dt.datetime.fromtimestamp(last / 1e9, dt.UTC).strftime(fmt)
+            span = f", {start} .. {end} UTC"
+        kind = stats.format + (f" ({stats.compression})" if stats.compression else "")
+        print(f"{path}: {kind}, {stats.packets:,} packets{span}")
+        for reason, count in stats.skipped.items():
+            print(f"  skipped: {count} {reason}")
+    return status
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="netsift",
+        description="Per-host behaviour features and security alerts from packet captures.")
+    parser.add_argument("--version", action="version", version=f"netsift {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser(
+        "ingest", help="read captures into a Parquet packet dataset",
+        description="Read pcap/pcapng captures (plain or gzip/xz/bzip2/zstd; directories "
+                    "are searched recursively; '-' reads a pcap stream from stdin) into a "
+                    "Parquet packet dataset partitioned by hour. Inputs already ingested "
+                    "and unchanged are skipped.")
+    p.add_argument("inputs", nargs="+", metavar="CAPTURE", help="capture file, directory or -")
+    p.add_argument("--out", "-o", required=True, metavar="DIR", help="dataset directory")
+    p.add_argument("--jobs", "-j", type=_positive_int, default=None,
+                   help="worker processes (default: one per core)")
+    p.add_argument("--batch-rows", type=_positive_int, default=256 * 1024,
+                   help="packets per Arrow batch / Parquet row group (default 262144)")
+    p.add_argument("--force", action="store_true", help="re-ingest inputs already ingested")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
+    p.add_argument("--verbose", "-v", action="store_true", help="also list skipped inputs")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("info", help="describe captures (format, packets, time span)",
+                       description="Read captures and print format, packet count, time "
+                                   "span and any skipped records.")
+    p.add_argument("captures", nargs="+", metavar="CAPTURE")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return handler(args)
+    except NetsiftError as exc:
+        _say(f"error: {exc}")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
