@@ -103,13 +103,17 @@ class CaptureReader:
     """Iterate over a capture's packets as :data:`netsift.schema.PACKET_SCHEMA` batches.
 
     ``source`` is a path, ``"-"`` for standard input, or a binary file object. Batches
-    hold ``batch_rows`` rows except the last. :attr:`stats` is complete once iteration
-    ends. Raises :class:`CaptureError` if the input is not a readable capture at all.
+    hold ``batch_rows`` rows except the last; with ``eager`` (live pipes) a batch is also
+    yielded whenever a read returns, so packets arrive as they are captured.
+    :attr:`stats` is complete once iteration ends. Raises :class:`CaptureError` if the
+    input is not a readable capture at all.
     """
 
     def __init__(self, source: str | os.PathLike | BinaryIO, *,
-                 batch_rows: int = DEFAULT_BATCH_ROWS, name: str | None = None):
+                 batch_rows: int = DEFAULT_BATCH_ROWS, name: str | None = None,
+                 eager: bool = False):
         self.batch_rows = batch_rows
+        self.eager = eager
         if isinstance(source, (str, os.PathLike)):
             self.name = name or os.fspath(source)
             self._path = None if os.fspath(source) == "-" else os.fspath(source)
@@ -126,7 +130,8 @@ class CaptureReader:
         if self._stream is not None:
             return self._stream
         if self._path is None:
-            return sys.stdin.buffer
+            # Unbuffered, so a live pipe yields whatever has arrived instead of blocking.
+            return getattr(sys.stdin.buffer, "raw", sys.stdin.buffer)
         if os.path.isdir(self._path):
             raise CaptureError(f"{self._path}: is a directory, not a capture file")
         try:
@@ -220,7 +225,7 @@ class CaptureReader:
                 fill += got or 0
                 self.stats.bytes_read += got or 0
             pos, row = walk(buf, pos, fill, eof, cols.arrays, row, self.batch_rows)
-            if row == self.batch_rows or (eof and row):
+            if row == self.batch_rows or (row and (eof or self.eager)):
                 self.stats.packets += row
                 yield cols.to_arrow(row, self.name)
                 cols, row = Columns(self.batch_rows), 0

@@ -1,0 +1,1 @@
+"""Stream mode: spool directories and live capture through windows, watermark, checkpoints."""

@@ -1,0 +1,132 @@
+"""Unbounded packet sources: a spool directory of rotating captures, or a live interface.
+
+A spool file is *complete* when a newer file has appeared after it (rotation moved on, as
+with ``tcpdump -G/-C`` or ``dumpcap -b``) or it has not changed for ``settle`` seconds.
+Files are taken in (mtime, name) order, each exactly once: the caller records finished
+files in its checkpoint and passes them back as ``done``.
+
+A live interface is read from a ``tcpdump``/``dumpcap`` subprocess writing pcap to a pipe,
+so netsift itself needs no capture privilege.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from netsift.errors import CaptureError, UsageError
+
+_IGNORED_PREFIXES = (".", "_")
+
+
+def _spool_entries(spool: Path) -> list[tuple[int, str, int]]:
+    """(mtime_ns, name, size) of candidate files, oldest first."""
+    entries = []
+    with os.scandir(spool) as it:
+        for entry in it:
+            if entry.name.startswith(_IGNORED_PREFIXES) or not entry.is_file():
+                continue
+            try:
+                st = entry.stat()
+            except FileNotFoundError:
+                continue  # rotated away between listing and stat
+            entries.append((st.st_mtime_ns, entry.name, st.st_size))
+    entries.sort()
+    return entries
+
+
+def completed_files(spool: Path, done: set[str], settle: float, *,
+                    now: float | None = None, drain: bool = False) -> list[Path]:
+    """Complete, not yet processed spool files, oldest first.
+
+    ``drain`` treats every file as complete (the writer has stopped).
+    """
+    if not spool.is_dir():
+        raise UsageError(f"{spool}: spool directory does not exist")
+    now = time.time() if now is None else now
+    entries = _spool_entries(spool)
+    ready = []
+    for i, (mtime_ns, name, _size) in enumerate(entries):
+        if name in done:
+            continue
+        newer_exists = i + 1 < len(entries)
+        settled = now - mtime_ns / 1e9 >= settle
+        if drain or newer_exists or settled:
+            ready.append(spool / name)
+        else:
+            break  # keep order: a file is never taken before an older incomplete one
+    return ready
+
+
+def watch_spool(spool: Path, done: set[str], *, settle: float = 5.0, poll: float = 0.5,
+                drain: bool = False, should_stop=lambda: False) -> Iterator[Path | None]:
+    """Yield complete files as they appear; ``None`` when idle (lets callers flush).
+
+    With ``drain`` the files present now are yielded and the iterator ends.
+    """
+    while not should_stop():
+        ready = completed_files(spool, done, settle, drain=drain)
+        for path in ready:
+            if should_stop():
+                return
+            yield path
+        if drain:
+            return
+        if not ready:
+            yield None
+            time.sleep(poll)
+
+
+def capture_command(interface: str, tool: str | None = None,
+                    capture_filter: str = "") -> list[str]:
+    """The capture subprocess writing pcap to stdout, unbuffered per packet."""
+    if not os.path.exists(f"/sys/class/net/{interface}") and interface != "any":
+        raise UsageError(f"{interface}: no such network interface "
+                         f"(have: {', '.join(sorted(os.listdir('/sys/class/net')))})")
+    tool = tool or ("dumpcap" if shutil.which("dumpcap") else "tcpdump")
+    if not shutil.which(tool):
+        raise UsageError(f"{tool}: not installed (apt-get install tcpdump or tshark)")
+    if tool == "dumpcap":
+        cmd = [tool, "-q", "-i", interface, "-F", "pcap", "-w", "-"]
+    else:
+        cmd = [tool, "-i", interface, "-U", "-w", "-", "--immediate-mode"]
+    if capture_filter:
+        cmd += ["-f", capture_filter] if tool == "dumpcap" else [capture_filter]
+    return cmd
+
+
+class LiveCapture:
+    """A running capture subprocess; ``stdout`` is its pcap stream."""
+
+    def __init__(self, interface: str, tool: str | None = None, capture_filter: str = ""):
+        self.cmd = capture_command(interface, tool, capture_filter)
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+        self.stdout = self.proc.stdout
+
+    def failure(self) -> CaptureError | None:
+        """Why the capture stopped, if it did, in one line."""
+        code = self.proc.poll()
+        if code is None or code == 0:
+            return None
+        err = self.proc.stderr.read().decode(errors="replace").strip() if self.proc.stderr \
+            else ""
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        detail = lines[-1] if lines else f"exit status {code}"
+        if "permission" in err.lower() or "not permitted" in err.lower():
+            detail = (f"no capture privilege ({detail}); run as root or grant "
+                      f"CAP_NET_RAW,CAP_NET_ADMIN to {self.cmd[0]}")
+        return CaptureError(f"{self.cmd[0]}: {detail}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
