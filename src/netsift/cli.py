@@ -119,6 +119,20 @@ def cmd_info(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_lab(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from netsift.lab import run_lab
+
+    result = run_lab(Path(args.out), seconds=args.seconds, clients=args.clients,
+                     seed=args.seed, on_event=None if args.quiet else _say)
+    if not args.quiet:
+        kinds = ", ".join(f"{a.kind} from {a.attacker}" for a in result.attacks)
+        print(f"wrote {result.capture} and {result.labels}: {len(result.hosts)} hosts; "
+              f"attacks: {kinds}")
+    return EXIT_OK
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -153,6 +167,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
     p.add_argument("--verbose", "-v", action="store_true", help="also list skipped inputs")
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser(
+        "lab", help="record a labelled capture of a small LAN with real attacks (root)",
+        description="Build a LAN of network namespaces on a bridge (a server with HTTP and "
+                    "DNS, normal clients, and attackers: nmap SYN scan, nmap ping sweep, "
+                    "hping3 SYN and UDP floods, a slow scan), capture it with tcpdump and "
+                    "write DIR/capture.pcap and DIR/labels.json. Needs root.")
+    p.add_argument("--out", "-o", required=True, metavar="DIR")
+    p.add_argument("--seconds", type=_positive_int, default=120,
+                   help="run time (default 120, at least 40)")
+    p.add_argument("--clients", type=_positive_int, default=4, help="normal clients (4)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the clients' behaviour")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.set_defaults(func=cmd_lab)
 
     p = sub.add_parser("info", help="describe captures (format, packets, time span)",
                        description="Read captures and print format, packet count, time "

@@ -16,7 +16,10 @@ A packet row describes one captured frame. Units and null rules (docs/schema.md)
 - ``vlan`` is the outermost 802.1Q/802.1ad VLAN id, ``vlan_inner`` the next one (QinQ);
   null when untagged.
 - ``ethertype`` is the network-layer protocol after any VLAN tags, inferred for link
-  types without one (raw IP, BSD loopback); null when the link header is truncated.
+  types without one (raw IP, BSD loopback); null when the link header is truncated or
+  carries no EtherType (802.3 length, Linux cooked link-layer codes below 0x0600).
+- ``ip_len`` is the IPv4 total length, or IPv6 payload (or jumbo payload) length + 40;
+  ``frag_offset`` is in bytes.
 - Provenance: ``source`` is the capture path as given, ``record`` the 1-based index of
   the packet record in that file (tshark's ``frame.number``), ``interface`` the pcapng
   interface id (0 for pcap).

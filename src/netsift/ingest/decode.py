@@ -211,7 +211,7 @@ def _ipv4(buf, p, end, row, cols):
     if end - p < 20 or (buf[p] >> 4) != 4:
         return 0
     ihl = (np.int64(buf[p]) & 0x0F) * 4
-    if ihl < 20:
+    if ihl < 20 or end - p < ihl:
         return 0
     total_len = be16(buf, p + 2)
     flags_frag = be16(buf, p + 6)
@@ -236,7 +236,7 @@ def _ipv4(buf, p, end, row, cols):
     cols[C_FRAG][row] = frag_offset
     cols[C_MF][row] = 1 if (flags_frag & 0x2000) else 0
     valid = V_L3
-    if frag_offset != 0 or end - p < ihl:
+    if frag_offset != 0:
         return valid
     # Bound the transport header by the datagram, not the frame (Ethernet padding).
     # A zero total length is what TCP segmentation offload leaves in local captures.
@@ -247,6 +247,24 @@ def _ipv4(buf, p, end, row, cols):
     else:
         tend = min(end, p + total_len)
     return valid | _transport(buf, p + ihl, tend, proto, row, cols)
+
+
+@njit(inline="always")
+def _jumbo_length(buf, start, stop):
+    """The Jumbo Payload option's length in the Hop-by-Hop header at start, or -1."""
+    o = start + 2
+    while o < stop:
+        kind = buf[o]
+        if kind == 0:  # Pad1
+            o += 1
+            continue
+        if stop - o < 2:
+            break
+        length = np.int64(buf[o + 1])
+        if kind == 0xC2 and length == 4 and stop - o >= 6:
+            return be32(buf, o + 2)
+        o += 2 + length
+    return -1
 
 
 @njit(inline="always")
@@ -275,6 +293,12 @@ def _ipv6(buf, p, end, row, cols):
                 complete = False
                 break
             hdr_len = (np.int64(buf[q + 1]) + 1) * 8
+            if nxt == 0 and payload_len == 0 and q == p + 40:
+                # RFC 2675: a zero payload length defers to the Jumbo Payload option.
+                jumbo = _jumbo_length(buf, q, min(q + hdr_len, tend))
+                if jumbo >= 0:
+                    cols[C_IPLEN][row] = min(jumbo + 40, 0xFFFFFFFF)
+                    tend = min(end, q + jumbo)
             nxt = np.int64(buf[q])
             q += hdr_len
         elif nxt == 44:
@@ -365,7 +389,9 @@ def decode_frame(buf, off, caplen, linktype, row, cols):
         etype = be16(buf, p + 2)
         p += 4
         tags += 1
-    if etype < 0:
+    # Below 0x0600 the field is an 802.3 length (Ethernet) or a Linux link-layer
+    # protocol code (SLL, e.g. 4 = 802.2 LLC), not an EtherType.
+    if etype < 0x0600:
         return valid
     cols[C_ETYPE][row] = etype
     valid |= V_ETHERTYPE

@@ -1,0 +1,22 @@
+"""Session fixtures shared by every test: real captures, made once per run.
+
+``tests/`` is on ``sys.path`` (pytest's rootdir-relative import), so tests import the
+test-support module as ``import netlab``.
+"""
+
+from __future__ import annotations
+
+import netlab
+import pytest
+
+
+@pytest.fixture(scope="session")
+def captures(tmp_path_factory) -> dict[str, netlab.Capture]:
+    """Every capture of the standard scenario by name (see :mod:`netlab`).
+
+    Skips when this machine cannot run network namespaces and capture tools.
+    """
+    reason = netlab.unavailable_reason()
+    if reason:
+        pytest.skip(f"real captures unavailable: {reason}")
+    return netlab.make_captures(tmp_path_factory.mktemp("captures"))
