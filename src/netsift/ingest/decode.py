@@ -14,6 +14,8 @@ either captured far enough to yield a group of fields or it is not (docs/schema.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pyarrow as pa
 from numba import njit
@@ -98,6 +100,18 @@ class Columns:
             shape = (capacity, ADDRESS_BYTES) if name in ("src", "dst") else capacity
             arrays.append(np.zeros(shape, dtype=dtype))
         self.arrays = tuple(arrays)
+        self._refs = self._refcounts()
+
+    def _refcounts(self) -> list[int]:
+        return [sys.getrefcount(a) for a in self.arrays]
+
+    def released(self) -> bool:
+        """True when no record batch made by :meth:`to_arrow` still views these arrays.
+
+        Values under nulls then keep whatever an earlier batch left there; Arrow leaves
+        them undefined, and Parquet does not store them.
+        """
+        return self._refcounts() == self._refs
 
     def to_arrow(self, n: int, source: str) -> pa.RecordBatch:
         """The first ``n`` rows as a record batch of :data:`PACKET_SCHEMA` (zero-copy)."""
