@@ -133,6 +133,64 @@ def cmd_lab(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_features(args: argparse.Namespace) -> int:
+    from netsift.errors import UsageError
+    from netsift.features import FeatureSpec, write_features
+
+    if args.master and args.engine != "spark":
+        raise UsageError("--master needs --engine spark")
+    spec = FeatureSpec(window_ns=args.window, node=args.node,
+                       validated_only=args.validated_only)
+    run = write_features(args.packets, args.out, spec, engine=args.engine, master=args.master)
+    if not args.quiet:
+        rate = run.packets / run.seconds if run.seconds else 0.0
+        print(f"{run.rows:,} node-windows from {run.packets:,} packets in {run.seconds:.1f} s "
+              f"({rate:,.0f} packets/s, {run.engine}) -> {run.out}")
+    return EXIT_OK
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from netsift.errors import UsageError
+    from netsift.stream.job import build_stream_job
+    from netsift.stream.runner import StreamConfig, status_printer, summary
+
+    if args.engine == "spark":
+        if not args.spool:
+            raise UsageError("--engine spark reads a --spool directory")
+        from netsift.stream.spark_stream import run_spark_stream
+
+        run_spark_stream(args)
+        return EXIT_OK
+    config = StreamConfig(
+        out=Path(args.out), window_s=args.window / 1e9, lateness_s=args.lateness / 1e9,
+        node=args.node, validated_only=args.validated_only,
+        model=Path(args.model) if args.model else None,
+        checkpoint=Path(args.checkpoint) if args.checkpoint else None,
+        settle_s=args.settle / 1e9, drain=args.drain,
+        status=None if args.quiet else status_printer())
+    job = build_stream_job(config)
+    job.install_signal_handlers()
+    if args.spool:
+        stats = job.run_spool(Path(args.spool))
+    else:
+        stats = job.run_interface(args.interface, args.capture_tool, args.filter or "")
+    if not args.quiet:
+        print(("\n" if sys.stderr.isatty() else "") + summary(stats))
+    return EXIT_FAILED if stats.failed_files else EXIT_OK
+
+
+def _duration(text: str) -> int:
+    from netsift.errors import UsageError
+    from netsift.features import parse_duration
+
+    try:
+        return parse_duration(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -181,6 +239,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1, help="seed of the clients' behaviour")
     p.add_argument("--quiet", "-q", action="store_true")
     p.set_defaults(func=cmd_lab)
+
+    p = sub.add_parser(
+        "features", help="per-node, per-window NAGM features of a packet dataset",
+        description="Compute NAGM behaviour features (docs/features.md) for every node "
+                    "and tumbling window of a packet dataset, and write them as a Parquet "
+                    "table directory (replacing an earlier one there).")
+    p.add_argument("packets", nargs="+", metavar="PACKETS",
+                   help="packet dataset directory (netsift ingest --out) or Parquet file")
+    p.add_argument("--out", "-o", required=True, metavar="DIR", help="feature table directory")
+    p.add_argument("--window", type=_duration, default="60s", metavar="DURATION",
+                   help="window length, aligned to the epoch: 500ms, 60s, 5m, 1h (default 60s)")
+    p.add_argument("--node", choices=("src", "dst"), default="src",
+                   help="whose behaviour: senders (src, default) or receivers (dst)")
+    p.add_argument("--validated-only", action="store_true",
+                   help="keep only packets from sources that completed a TCP three-way "
+                        "handshake in the window")
+    p.add_argument("--engine", choices=("polars", "spark"), default="polars",
+                   help="polars (in process, default) or spark")
+    p.add_argument("--master", metavar="URL",
+                   help="Spark master: local[N], spark://HOST:PORT, yarn, k8s://... "
+                        "(default local[*])")
+    p.add_argument("--quiet", "-q", action="store_true", help="no summary")
+    p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser(
+        "stream", help="the same analysis over a live interface or a spool directory",
+        description="Read packets continuously, from a spool directory where rotating "
+                    "captures appear (tcpdump -G/-C, dumpcap -b; a file is read once it is "
+                    "complete) or from a live interface (through a tcpdump/dumpcap "
+                    "subprocess). Each tumbling window closes when the watermark (newest "
+                    "packet time minus --lateness) passes its end; it is then featurised, "
+                    "scored with --model, and written to OUT/features/, OUT/scores/ and "
+                    "OUT/alerts.jsonl. A checkpoint makes a restart after a crash lose and "
+                    "repeat nothing. SIGTERM/SIGINT stop gracefully.")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--spool", metavar="DIR", help="directory of rotating captures")
+    source.add_argument("--interface", "-i", metavar="IFACE", help="live capture interface")
+    p.add_argument("--out", "-o", required=True, metavar="DIR")
+    p.add_argument("--window", type=_duration, default="60s", metavar="DURATION",
+                   help="window length (default 60s)")
+    p.add_argument("--lateness", type=_duration, default="5s", metavar="DURATION",
+                   help="allowed lateness behind the newest packet (default 5s)")
+    p.add_argument("--node", choices=("src", "dst"), default="src")
+    p.add_argument("--validated-only", action="store_true",
+                   help="only sources that completed a TCP handshake in the window")
+    p.add_argument("--model", metavar="FILE", help="fitted model to score windows with")
+    p.add_argument("--checkpoint", metavar="DIR", help="checkpoint directory "
+                   "(default OUT/_checkpoint)")
+    p.add_argument("--settle", type=_duration, default="5s", metavar="DURATION",
+                   help="spool: a file unchanged this long counts as complete (default 5s)")
+    p.add_argument("--drain", action="store_true",
+                   help="spool: process the files there now, close every window, stop")
+    p.add_argument("--capture-tool", choices=("dumpcap", "tcpdump"),
+                   help="live: capture program (default dumpcap if installed)")
+    p.add_argument("--filter", metavar="BPF", help="live: capture filter")
+    p.add_argument("--engine", choices=("polars", "spark"), default="polars",
+                   help="polars (in process, default) or spark (Structured Streaming)")
+    p.add_argument("--master", metavar="URL", help="Spark master (with --engine spark)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no status line or summary")
+    p.set_defaults(func=cmd_stream)
 
     p = sub.add_parser("info", help="describe captures (format, packets, time span)",
                        description="Read captures and print format, packet count, time "

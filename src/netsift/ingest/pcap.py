@@ -85,6 +85,27 @@ def _plausible(buf, q, end, swapped, frac_limit, max_caplen, last_sec):
     return 1
 
 
+@njit(inline="always")
+def _next_record(buf, q, end, final, swapped, frac_limit, max_caplen, last_sec):
+    """(offset, found): the first offset from q where a plausible record header is
+    followed by another (or, with ``final``, ends the input); found is False where the
+    bytes run out first."""
+    while True:
+        verdict = _plausible(buf, q, end, swapped, frac_limit, max_caplen, last_sec)
+        if verdict == 2:
+            return q, False
+        if verdict == 1:
+            nxt = q + RECORD_HEADER + rd32(buf, q + 8, swapped)
+            if nxt == end and final:
+                return q, True
+            follow = _plausible(buf, nxt, end, swapped, frac_limit, max_caplen, last_sec)
+            if follow == 1:
+                return q, True
+            if follow == 2 and not final:
+                return q, False
+        q += 1
+
+
 @njit(cache=True, nogil=True, _nrt=False)
 def walk(buf, pos, end, final, swapped, nanos, linktype, max_caplen, state, counters,
          cols, row, capacity):
@@ -98,34 +119,13 @@ def walk(buf, pos, end, final, swapped, nanos, linktype, max_caplen, state, coun
     frac_scale = 1 if nanos else 1000
     while row < capacity:
         if state[S_RESYNC]:
-            q = pos
-            found = False
-            waiting = False
-            while True:
-                verdict = _plausible(buf, q, end, swapped, frac_limit, max_caplen,
-                                     state[S_LAST_SEC])
-                if verdict == 2:
-                    waiting = True
-                    break
-                if verdict == 1:
-                    nxt = q + RECORD_HEADER + rd32(buf, q + 8, swapped)
-                    if nxt == end and final:
-                        found = True
-                        break
-                    follow = _plausible(buf, nxt, end, swapped, frac_limit, max_caplen,
-                                        state[S_LAST_SEC])
-                    if follow == 1:
-                        found = True
-                        break
-                    if follow == 2 and not final:
-                        waiting = True
-                        break
-                q += 1
+            q, found = _next_record(buf, pos, end, final, swapped, frac_limit, max_caplen,
+                                    state[S_LAST_SEC])
             counters[skips.BYTES_SKIPPED] += q - pos
             pos = q
             if found:
                 state[S_RESYNC] = 0
-            elif waiting and final:
+            elif final:
                 counters[skips.BYTES_SKIPPED] += end - pos
                 pos = end
                 return pos, row
@@ -144,10 +144,19 @@ def walk(buf, pos, end, final, swapped, nanos, linktype, max_caplen, state, coun
             counters[skips.BYTES_SKIPPED] += 1
             continue
         if end - pos - RECORD_HEADER < incl:
-            if final:
-                counters[skips.TRUNCATED_RECORD] += 1
-                pos = end
-            return pos, row
+            if not final:
+                return pos, row
+            # Past the end of the input: a cut last record, or a bad length in the
+            # middle if a record follows somewhere after this header.
+            if _next_record(buf, pos + 1, end, final, swapped, frac_limit, max_caplen,
+                            state[S_LAST_SEC])[1]:
+                counters[skips.BAD_RECORD_LENGTH] += 1
+                state[S_RESYNC] = 1
+                pos += 1
+                counters[skips.BYTES_SKIPPED] += 1
+                continue
+            counters[skips.TRUNCATED_RECORD] += 1
+            return end, row
         sec = rd32(buf, pos, swapped)
         state[S_RECORD] += 1
         state[S_LAST_SEC] = sec

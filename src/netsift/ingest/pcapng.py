@@ -78,6 +78,19 @@ def _candidate(buf, q, end, final, swapped):
 
 
 @njit(inline="always")
+def _next_block(buf, q, end, final, swapped):
+    """(offset, found): the first 4-byte step from q where a whole block starts; found
+    is False where the bytes run out first."""
+    while True:
+        verdict = _candidate(buf, q, end, final, swapped)
+        if verdict == 1:
+            return q, True
+        if verdict == 2:
+            return q, False
+        q += 4
+
+
+@njit(inline="always")
 def _set_tsresol(ifaces, idx, resol):
     if resol & 0x80:
         k = resol & 0x7F
@@ -168,19 +181,10 @@ def walk(buf, pos, end, final, state, ifaces, counters, cols, row, capacity):
     """
     while row < capacity:
         if state[S_RESYNC]:
-            q = pos
-            waiting = False
-            while True:
-                verdict = _candidate(buf, q, end, final, state[S_SWAPPED])
-                if verdict == 1:
-                    break
-                if verdict == 2:
-                    waiting = True
-                    break
-                q += 4
+            q, found = _next_block(buf, pos, end, final, state[S_SWAPPED])
             counters[skips.BYTES_SKIPPED] += q - pos
             pos = q
-            if waiting:
+            if not found:
                 if final:
                     counters[skips.BYTES_SKIPPED] += end - pos
                     pos = end
@@ -217,10 +221,18 @@ def walk(buf, pos, end, final, state, ifaces, counters, cols, row, capacity):
             counters[skips.BYTES_SKIPPED] += 4
             continue
         if end - pos < blen:
-            if final:
-                counters[skips.TRUNCATED_RECORD] += 1
-                pos = end
-            return pos, row
+            if not final:
+                return pos, row
+            # Past the end of the input: a cut last block, or a bad length in the
+            # middle if a block follows somewhere after this header.
+            if _next_block(buf, pos + 4, end, final, swapped)[1]:
+                counters[skips.BAD_BLOCK] += 1
+                state[S_RESYNC] = 1
+                pos += 4
+                counters[skips.BYTES_SKIPPED] += 4
+                continue
+            counters[skips.TRUNCATED_RECORD] += 1
+            return end, row
         if rd32(buf, pos + blen - 4, swapped) != blen:
             counters[skips.BAD_BLOCK] += 1
             state[S_RESYNC] = 1

@@ -14,6 +14,7 @@ import io
 import lzma
 import os
 import sys
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -23,10 +24,12 @@ import pyarrow as pa
 import zstandard
 
 from netsift.errors import CaptureError
-from netsift.ingest import pcap, pcapng, skips
+from netsift.ingest import pcap, pcapng, skips, tshark_json
 from netsift.ingest.decode import Columns
 
-CHUNK_BYTES = 8 * 1024 * 1024
+# Small enough that bytes just read are still in the core's cache when the walk decodes
+# them; with 8 MiB reads the walk found them evicted and ran ~25% slower.
+CHUNK_BYTES = 256 * 1024
 DEFAULT_BATCH_ROWS = 256 * 1024
 
 _COMPRESSION_MAGICS = (
@@ -58,7 +61,9 @@ class _Prefixed(io.RawIOBase):
 
     def __init__(self, prefix: bytes, stream: BinaryIO):
         self._prefix = prefix
-        self._stream = stream
+        # One underlying read per call: a decompressor whose next read fails has then
+        # handed over everything it decoded before the damage (readinto would drop it).
+        self._read_once = getattr(stream, "readinto1", None) or stream.readinto
 
     def readable(self) -> bool:
         return True
@@ -69,7 +74,7 @@ class _Prefixed(io.RawIOBase):
             buffer[:n] = self._prefix[:n]
             self._prefix = self._prefix[n:]
             return n
-        return self._stream.readinto(buffer)
+        return self._read_once(buffer)
 
 
 def _read_full(stream: BinaryIO, n: int) -> bytes:
@@ -91,12 +96,58 @@ def _decompressor(kind: str, stream: BinaryIO) -> BinaryIO:
         return lzma.LZMAFile(stream, mode="rb")
     if kind == "bzip2":
         return bz2.BZ2File(stream, mode="rb")
-    return zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True,
-                                                       closefd=False)
+    return _ZstdFrames(stream)
 
 
+class _ZstdFrames(io.RawIOBase):
+    """Decoded zstd frames, one after another.
+
+    zstandard's ``stream_reader`` ends a frame cut short as if it were complete; this
+    raises :class:`EOFError` there instead, after every byte decoded before the cut.
+    A decompressobj call cannot cap its output, so input goes in small pieces: a zstd
+    block (at most 128 KiB out) costs at least 4 bytes in, bounding one call's output.
+    """
+
+    INPUT_BYTES = 8 * 1024
+
+    def __init__(self, stream: BinaryIO):
+        self._stream = stream
+        self._decoder = zstandard.ZstdDecompressor().decompressobj()
+        self._in_frame = False
+        self._out = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._out:
+            data = self._stream.read(self.INPUT_BYTES)
+            if not data:
+                if self._in_frame:
+                    raise EOFError("zstd data ends inside a frame")
+                return 0
+            self._out = memoryview(self._decode(data))
+        n = min(len(buffer), len(self._out))
+        buffer[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+    def _decode(self, data: bytes) -> bytes:
+        out = []
+        while data:
+            self._in_frame = True
+            out.append(self._decoder.decompress(data))
+            if not self._decoder.eof:
+                break
+            self._in_frame = False
+            data = self._decoder.unused_data
+            self._decoder = zstandard.ZstdDecompressor().decompressobj()
+        return b"".join(out)
+
+
+# zlib.error (corrupt deflate data in a gzip member) is not an OSError.
 _DECOMPRESS_ERRORS = (EOFError, zstandard.ZstdError, gzip.BadGzipFile, lzma.LZMAError,
-                      OSError)
+                      OSError, zlib.error)
 
 
 class CaptureReader:
@@ -178,8 +229,12 @@ class CaptureReader:
         self.stats.bytes_read += len(magic)
         if magic in pcap.MAGICS:
             self.stats.format = "pcap"
-            header = pcap.PcapHeader(magic + _read_full(stream, pcap.GLOBAL_HEADER - 4),
-                                     self.name)
+            try:
+                rest = _read_full(stream, pcap.GLOBAL_HEADER - 4)
+            except _DECOMPRESS_ERRORS as exc:
+                what = f"{self.stats.compression} data" if self.stats.compression else "input"
+                raise CaptureError(f"{self.name}: corrupt {what} ({exc})") from None
+            header = pcap.PcapHeader(magic + rest, self.name)
             self.stats.bytes_read += pcap.GLOBAL_HEADER - 4
             state = pcap.new_state()
 
@@ -196,6 +251,9 @@ class CaptureReader:
                 return pcapng.walk(buf, pos, end, final, state, ifaces,
                                    self.stats.counters, cols, row, capacity)
             prefix = magic
+        elif tshark_json.looks_like_json(magic):
+            walk = tshark_json.Walk(self.stats)  # sets stats.format once it knows json/ek
+            prefix = magic
         else:
             raise CaptureError(f"{self.name}: {_describe_unknown(magic)}")
         yield from self._drive(stream, prefix, walk)
@@ -203,18 +261,20 @@ class CaptureReader:
     def _drive(self, stream: BinaryIO, prefix: bytes, walk) -> Iterator[pa.RecordBatch]:
         buf = np.empty(CHUNK_BYTES * 2, dtype=np.uint8)
         buf[:len(prefix)] = np.frombuffer(prefix, dtype=np.uint8)
-        fill, pos, eof = len(prefix), 0, False
+        fill, pos, eof, starved = len(prefix), 0, False, True
         cols, row = Columns(self.batch_rows), 0
+        spare = None
         while True:
-            if not eof:
+            # Read only when the walk ran out of bytes, never merely because a batch filled.
+            if starved and not eof:
                 if pos:
                     buf[:fill - pos] = buf[pos:fill]
                     fill -= pos
                     pos = 0
-                if len(buf) - fill < CHUNK_BYTES // 2:
+                if len(buf) - fill < CHUNK_BYTES:  # a record longer than the buffer holds
                     buf = np.concatenate([buf[:fill], np.empty(len(buf), dtype=np.uint8)])
                 try:
-                    got = stream.readinto(memoryview(buf)[fill:])
+                    got = stream.readinto(memoryview(buf)[fill:fill + CHUNK_BYTES])
                 except _DECOMPRESS_ERRORS as exc:
                     if not self.stats.compression:
                         raise CaptureError(f"{self.name}: read failed ({exc})") from None
@@ -225,10 +285,17 @@ class CaptureReader:
                 fill += got or 0
                 self.stats.bytes_read += got or 0
             pos, row = walk(buf, pos, fill, eof, cols.arrays, row, self.batch_rows)
-            if row == self.batch_rows or (row and (eof or self.eager)):
+            starved = row < self.batch_rows
+            if not starved or (row and (eof or self.eager)):
                 self.stats.packets += row
                 yield cols.to_arrow(row, self.name)
-                cols, row = Columns(self.batch_rows), 0
+                # Batches share the arrays (zero-copy); reuse the set from two batches ago
+                # once nobody holds its batch any more: fresh arrays cost page faults.
+                if spare is not None and spare.released():
+                    cols, spare = spare, cols
+                else:
+                    cols, spare = Columns(self.batch_rows), cols
+                row = 0
             if eof and pos >= fill:
                 return
 

@@ -140,16 +140,18 @@ class StreamJob:
 
     def _status(self, force: bool = False) -> None:
         now = time.monotonic()
-        if self.config.status is None or (not force and now - self._last_status < 1.0):
+        if not force and now - self._last_status < 1.0:
             return
         self._last_status = now
+        self._write_metrics()
+        if self.config.status is None:
+            return
         wm = self.buffer.max_ts
         lag = f"{time.time() - wm / NS:.1f} s" if wm is not None else "-"
         self.config.status(
             f"{self.stats.packets:,} packets, {self.buffer.open_windows()} windows open, "
             f"{self.stats.windows:,} host-windows out, lag {lag}, {self.stats.alerts} alerts, "
             f"{self.buffer.late} late")
-        self._write_metrics()
 
     def _write_metrics(self) -> None:
         """Prometheus text exposition in OUT/metrics.prom (node_exporter textfile style)."""
