@@ -304,6 +304,10 @@ def _traffic(lab: Lab) -> None:
         # Loopback (seen by -i any): a refused TCP connection and an ICMP unreachable.
         ("curl", "-s", "-m", "2", "http://127.0.0.1:1/"),
         ("dig", "+tries=1", "+time=1", "-p", str(CLOSED_PORT), "@127.0.0.1", "x.test"),
+        # A fresh ARP exchange late in the run, when every recorder is surely capturing
+        # (dumpcap on several interfaces may start some of them after its banner).
+        ("ip", "neigh", "flush", "dev", "vc"),
+        ("ping", "-c", "1", "-W", "1", SERVER_V4),
     ]
     for argv in steps:
         lab.run(c, *argv, timeout=10, check=False)

@@ -19,7 +19,6 @@ import faulthandler
 import gzip
 import io
 import struct
-import zlib
 
 import numpy as np
 import pyarrow as pa

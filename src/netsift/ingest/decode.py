@@ -115,7 +115,8 @@ class Columns:
 
     def to_arrow(self, n: int, source: str) -> pa.RecordBatch:
         """The first ``n`` rows as a record batch of :data:`PACKET_SCHEMA` (zero-copy)."""
-        by_name = {name: arr[:n] for (name, _), arr in zip(_ARRAY_LAYOUT, self.arrays)}
+        by_name = {name: arr[:n]
+                   for (name, _), arr in zip(_ARRAY_LAYOUT, self.arrays, strict=True)}
         valid = by_name["valid"]
         masks: dict[int, pa.Buffer | None] = {}
         for bit in set(COLUMN_GROUP.values()):

@@ -19,8 +19,16 @@ from numba import njit
 from netsift.errors import CaptureError
 from netsift.ingest import skips
 from netsift.ingest.decode import (
-    C_CAPLEN, C_IFACE, C_RECORD, C_TS, C_VALID, C_WIRELEN, SUPPORTED_LINKTYPES, V_TS,
-    decode_frame, rd32,
+    C_CAPLEN,
+    C_IFACE,
+    C_RECORD,
+    C_TS,
+    C_VALID,
+    C_WIRELEN,
+    SUPPORTED_LINKTYPES,
+    V_TS,
+    decode_frame,
+    rd32,
 )
 
 GLOBAL_HEADER = 24

@@ -14,8 +14,19 @@ from numba import njit
 
 from netsift.ingest import skips
 from netsift.ingest.decode import (
-    C_CAPLEN, C_IFACE, C_RECORD, C_TS, C_VALID, C_WIRELEN, V_TS, be32, decode_frame,
-    le32, linktype_supported, rd16, rd32,
+    C_CAPLEN,
+    C_IFACE,
+    C_RECORD,
+    C_TS,
+    C_VALID,
+    C_WIRELEN,
+    V_TS,
+    be32,
+    decode_frame,
+    le32,
+    linktype_supported,
+    rd16,
+    rd32,
 )
 
 MAGIC = b"\x0a\x0d\x0d\x0a"

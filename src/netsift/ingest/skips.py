@@ -16,8 +16,10 @@ BAD_TIMESTAMP = 5  # a timestamp outside the representable range
 BYTES_SKIPPED = 6  # bytes passed over while resynchronising (not a record count)
 NO_SECTION = 7  # pcapng blocks before any Section Header Block
 CORRUPT_COMPRESSION = 8  # a gzip/xz/zstd stream that ends early or fails its checks
+MALFORMED_JSON = 9  # a tshark JSON/EK packet object that does not parse
+MISSING_FIELD = 10  # a tshark JSON/EK packet without the frame fields every row needs
 
-COUNTER_SLOTS = 9
+COUNTER_SLOTS = 11
 
 MESSAGES = {
     BAD_RECORD_LENGTH: "records with an impossible length",
@@ -29,6 +31,8 @@ MESSAGES = {
     BYTES_SKIPPED: "bytes skipped while resynchronising",
     NO_SECTION: "blocks outside a pcapng section",
     CORRUPT_COMPRESSION: "compressed input truncated or corrupt (rest of file unreadable)",
+    MALFORMED_JSON: "malformed JSON packet objects",
+    MISSING_FIELD: "JSON packets without frame number, time, lengths or protocols",
 }
 
 

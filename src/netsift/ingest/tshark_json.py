@@ -344,8 +344,8 @@ class Walk:
             if len(self._rows) >= want:
                 return pos
             if index == last and not final:
-                if len(line) > MAX_PACKET_BYTES:
-                    self.counters[skips.BAD_RECORD_LENGTH] += 1
+                if self._oversized or len(line) > MAX_PACKET_BYTES:
+                    self.counters[skips.BAD_RECORD_LENGTH] += not self._oversized
                     self.counters[skips.BYTES_SKIPPED] += len(line)
                     self._oversized = True
                     return end

@@ -1,0 +1,141 @@
+"""Benchmark the feature engines side by side on a synthetic packet dataset.
+
+    python bench/features.py                 # 20 M packets (1x), then 2x and 4x; Polars and Spark
+    python bench/features.py --quick         # 2 M packets, smoke run
+    python bench/features.py --engines polars --scales 1 2 4 --json bench/out/features.json
+
+The dataset is written once per size with netsift's own packet store (the layout
+``netsift ingest`` produces) under ``bench/data/`` and reused. Traffic is synthetic but
+shaped like an edge link: 50 000 sources with Zipf-distributed activity, 5 000 servers,
+TCP/UDP/ICMP mix, handshakes, scans, realistic lengths, TTLs and windows. Each 1x of data
+covers one hour at the same packet rate, so 2x and 4x add hours (more windows), the way
+real archives grow.
+
+Every engine run happens in a fresh child process, so peak memory is that run's alone:
+peak RSS of the process tree (for Spark: the Python driver plus its JVM), sampled every
+50 ms. Reported time is wall time of the feature computation including reading Parquet
+and writing the feature table, excluding interpreter and JVM start-up (Spark session
+start-up is reported separately).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data"
+BATCH_ROWS = 256 * 1024
+HOUR_NS = 3600 * 1_000_000_000
+START_NS = 1_767_225_600 * 1_000_000_000  # 2026-01-01T00:00:00Z
+N_SOURCES = 50_000
+N_SERVERS = 5_000
+
+
+def _v4_mapped(values: np.ndarray) -> pa.FixedSizeBinaryArray:
+    """uint32 IPv4 addresses -> 16-byte IPv4-mapped binary column."""
+    raw = np.zeros((len(values), 16), dtype=np.uint8)
+    raw[:, 10] = raw[:, 11] = 0xFF
+    raw[:, 12:] = values.astype(">u4").view(np.uint8).reshape(-1, 4)
+    return pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(16), len(values), [None, pa.py_buffer(raw.tobytes())])
+
+
+def synth_batch(rng: np.random.Generator, n: int, t0: int, t1: int, record0: int,
+                source_weights: np.ndarray) -> pa.RecordBatch:
+    """n packets with timestamps in [t0, t1), sorted by time."""
+    from netsift.schema import PACKET_SCHEMA
+
+    ts = np.sort(rng.integers(t0, t1, n, dtype=np.int64))
+    src_idx = rng.choice(N_SOURCES, n, p=source_weights)
+    src = (0x0A000000 + src_idx).astype(np.uint32)                     # 10.0.0.0/16
+    server = rng.zipf(1.3, n) % N_SERVERS
+    dst = (0xC6336400 + server).astype(np.uint32)                      # 198.51.100.0/..
+    kind = rng.random(n)
+    proto = np.where(kind < 0.80, 6, np.where(kind < 0.95, 17, 1)).astype(np.uint8)
+    tcp, udp, icmp = proto == 6, proto == 17, proto == 1
+    popular = np.array([443, 80, 53, 22, 8080, 25, 123, 3389], dtype=np.uint16)
+    dport = np.where(rng.random(n) < 0.85, popular[rng.integers(0, 8, n)],
+                     rng.integers(1, 65536, n)).astype(np.uint16)
+    # Scanners (1 % of sources) sweep ports; a source's ephemeral ports cluster.
+    scanner = (src_idx % 100) == 7
+    dport = np.where(scanner, rng.integers(1, 1025, n), dport).astype(np.uint16)
+    sport = (32768 + (src_idx * 7919 + rng.integers(0, 64, n)) % 28232).astype(np.uint16)
+    flag_values = np.array([0x010, 0x018, 0x002, 0x012, 0x011, 0x004, 0x014], dtype=np.uint16)
+    flag_p = np.array([0.55, 0.25, 0.08, 0.04, 0.04, 0.02, 0.02])
+    flags = flag_values[rng.choice(len(flag_values), n, p=flag_p)]
+    flags = np.where(scanner, 0x002, flags).astype(np.uint16)
+    windows = np.array([64240, 65535, 502, 29200, 1024, 0], dtype=np.uint16)
+    tcp_window = windows[rng.integers(0, len(windows), n)]
+    ttl = (np.array([64, 128, 255], dtype=np.uint8)[src_idx % 3]
+           - rng.integers(0, 12, n).astype(np.uint8))
+    size_kind = rng.random(n)
+    wire_len = np.where(size_kind < 0.45, 66, np.where(size_kind < 0.75, 1514,
+                        rng.integers(60, 1515, n))).astype(np.uint32)
+    wire_len = np.where(udp, rng.integers(60, 600, n), wire_len).astype(np.uint32)
+    wire_len = np.where(icmp, 98, wire_len).astype(np.uint32)
+    icmp_type = np.where(rng.random(n) < 0.5, 8, 0).astype(np.uint8)
+
+    def masked(values: np.ndarray, valid: np.ndarray, dtype: pa.DataType) -> pa.Array:
+        return pa.array(values, type=dtype, mask=~valid)
+
+    ports = tcp | udp
+    columns = {
+        "ts": pa.array(ts, pa.int64()),
+        "src": _v4_mapped(src),
+        "dst": _v4_mapped(dst),
+        "ip_version": pa.array(np.full(n, 4, np.uint8)),
+        "proto": pa.array(proto),
+        "sport": masked(sport, ports, pa.uint16()),
+        "dport": masked(dport, ports, pa.uint16()),
+        "ttl": pa.array(ttl),
+        "ip_len": pa.array(wire_len - 14),
+        "wire_len": pa.array(wire_len),
+        "cap_len": pa.array(wire_len),
+        "tcp_flags": masked(flags, tcp, pa.uint16()),
+        "tcp_window": masked(tcp_window, tcp, pa.uint16()),
+        "icmp_type": masked(icmp_type, icmp, pa.uint8()),
+        "icmp_code": masked(np.zeros(n, np.uint8), icmp, pa.uint8()),
+        "vlan": pa.nulls(n, pa.uint16()),
+        "vlan_inner": pa.nulls(n, pa.uint16()),
+        "ethertype": pa.array(np.full(n, 0x0800, np.uint16)),
+        "frag_offset": pa.array(np.zeros(n, np.uint16)),
+        "more_fragments": pa.array(np.zeros(n, np.bool_)),
+        "interface": pa.array(np.zeros(n, np.uint16)),
+        "source": pa.array(["synthetic"] * n, pa.string()),
+        "record": pa.array(np.arange(record0, record0 + n, dtype=np.int64)),
+    }
+    return pa.RecordBatch.from_arrays([columns[f.name] for f in PACKET_SCHEMA],
+                                      schema=PACKET_SCHEMA)
+
+
+def make_dataset(packets_per_hour: int, hours: int, seed: int = 7) -> Path:
+    """Write (or reuse) a packet dataset of ``hours`` hours; return its directory."""
+    from netsift import store
+
+    root = DATA / f"packets-{packets_per_hour}x{hours}h"
+    if (root / "_complete").exists():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / np.arange(1, N_SOURCES + 1) ** 0.9
+    weights = rng.permutation(weights / weights.sum())
+    record = 1
+    for hour in range(hours):
+        def batches(hour=hour):
+            nonlocal record
+            t0 = START_NS + hour * HOUR_NS
+            step = HOUR_NS * BATCH_ROWS // packets_per_hour
+            done = 0
+            while done < packets_per_hour:
+                n = min(BATCH_ROWS, packets_per_hour - done)
+                lo = t0 + done * HOUR_NS // packets_per_hour
+                yield synth_batch(rng, n, lo, min(lo + step, t0 + HOUR_NS), record, weights)
+                record += n
+                done += n
+        store.write_stream(batches(), root, f"synthetic-{hour:04d}")
+    (root / "_complete").write_text("")
+    return root

@@ -1,0 +1,326 @@
+"""The Polars engine: compile a :class:`FeatureSpec` into one lazy query.
+
+The query groups packets by (node, window) once for the plain aggregates, and once per
+mode column by (node, window, value) for packet counts, from which the mode, its share
+and the column's distinct count follow (a max over packed (count, value) integers, which
+keeps the whole query inside what the cudf-polars GPU engine executes).
+
+Nodes are grouped as two big-endian uint64 halves of the 16-byte address: hashing two
+integers is much cheaper than hashing a 16-byte binary view, and the halves compare
+like the bytes. :func:`collect` runs the query one time range of the packet dataset at a
+time (hour partitions, cut at window boundaries), so memory is bounded by the busiest
+range rather than by the dataset.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from netsift.errors import UsageError
+from netsift.features import spec as fs
+from netsift.schema import PACKET_SCHEMA
+
+_HI, _LO = "_node_hi", "_node_lo"
+_KEY = [_HI, _LO, fs.WINDOW_START]
+_COUNT = "_count"
+_DTYPES = {True: pl.Int64, False: pl.Float64}
+HOUR_NS = 3_600_000_000_000
+_PARTITION = re.compile(r"date=(\d{4})-(\d{2})-(\d{2})/hour=(\d{2})/")
+
+PacketSource = str | os.PathLike | Sequence[str | os.PathLike] | pa.Table | pl.DataFrame \
+    | pl.LazyFrame
+
+
+def _halves(column: str) -> tuple[pl.Expr, pl.Expr]:
+    pair = pl.col(column).bin.reinterpret(dtype=pl.Array(pl.UInt64, 2), endianness="big")
+    return pair.arr.get(0), pair.arr.get(1)
+
+
+def predicate(where: fs.Predicate) -> pl.Expr:
+    """A spec predicate as a boolean expression that is false (never null) on nulls."""
+    column = pl.col(where.column)
+    if isinstance(where, fs.IsIn):
+        test = column.is_in(list(where.values))
+    else:
+        test = column.cast(pl.Int64)
+        test = ((test & where.set) == where.set) & ((test & where.clear) == 0)
+    return test.fill_null(False)
+
+
+def _main_expr(feature: fs.Feature, window_seconds: float) -> pl.Expr:
+    column = pl.col(feature.column) if feature.column else None
+    agg = feature.agg
+    if agg == "count":
+        expr = pl.len()
+    elif agg == "sum":
+        expr = column.cast(pl.Int64).sum()  # 0 when all null, like the spec says
+    elif agg == "mean":
+        expr = column.cast(pl.Float64).mean()
+    elif agg == "std":
+        expr = column.cast(pl.Float64).std(ddof=1)
+    elif agg == "min":
+        expr = column.min()
+    elif agg == "max":
+        expr = column.max()
+    elif agg == "n_unique":
+        expr = column.drop_nulls().n_unique()
+    elif agg == "share":
+        expr = predicate(feature.where).sum().cast(pl.Float64) / pl.len().cast(pl.Float64)
+    elif agg == "rate":
+        expr = pl.len().cast(pl.Float64) / window_seconds
+    else:  # plan() routes modes to value-count tables
+        raise AssertionError(agg)
+    return expr.cast(_DTYPES[agg in fs.INTEGER_AGGS]).alias(feature.name)
+
+
+def _packed(column: str) -> pl.Expr:
+    return pl.col(_COUNT).cast(pl.Int64) * (1 << fs.MODE_VALUE_BITS) \
+        + (fs.MODE_VALUE_MASK - pl.col(column).cast(pl.Int64))
+
+
+_VALUE_BITS = {pa.uint8(): 8, pa.uint16(): 16, pa.uint32(): 32}
+
+
+def _table(packets: pl.LazyFrame, key: list[str], key_bits: int | None, column: str,
+           features: Sequence[fs.Feature]) -> pl.LazyFrame:
+    """Per key: the column's distinct count, mode and mode count, from (key, value) counts.
+
+    With a one-column key of ``key_bits`` bits, key and value share one uint64 when they
+    fit: Polars groups one integer column much faster than two.
+    """
+    present = packets.filter(pl.col(column).is_not_null())
+    value_bits = _VALUE_BITS[PACKET_SCHEMA.field(column).type]
+    if key_bits is not None and key_bits + value_bits <= 64:
+        scale = 1 << value_bits
+        pair = (pl.col(key[0]) * scale + pl.col(column).cast(pl.UInt64)).alias("_pair")
+        counts = present.group_by(pair).agg(pl.len().alias(_COUNT)).select(
+            (pl.col("_pair") // scale).alias(key[0]), (pl.col("_pair") % scale).alias(column),
+            _COUNT)
+    else:
+        counts = present.group_by([*key, column]).agg(pl.len().alias(_COUNT))
+    best = pl.col("_best")
+    top = counts.group_by(key).agg(_packed(column).max().alias("_best"),
+                                   pl.len().cast(pl.Int64).alias("_distinct"))
+    outputs = []
+    for f in features:
+        if f.agg == "n_unique":
+            outputs.append(pl.col("_distinct").alias(f.name))
+        elif f.agg == "mode":
+            outputs.append((fs.MODE_VALUE_MASK - (best & fs.MODE_VALUE_MASK)).alias(f.name))
+        else:  # mode_share: the packet count is divided once the main pass is joined
+            outputs.append((best // (1 << fs.MODE_VALUE_BITS)).alias(f.name))
+    return top.select(*key, *outputs)
+
+
+def _validated(packets: pl.LazyFrame) -> pl.LazyFrame:
+    """Packets whose source completed a handshake as initiator in the packet's window."""
+    conn = ["window_start", "src", "sport", "dst", "dport"]
+    tcp = packets.filter(pl.col("tcp_flags").is_not_null())
+    syn = tcp.filter(predicate(fs.SYN_ONLY)).group_by(conn).agg(pl.col("ts").min().alias("_syn"))
+    ack = tcp.filter(predicate(fs.ACK_ONLY)).group_by(conn).agg(pl.col("ts").max().alias("_ack"))
+    # A SYN-ACK travels responder -> initiator: swap ends to key it by the initiator.
+    synack = tcp.filter(predicate(fs.SYN_ACK)).select(
+        "window_start", "ts", src="dst", sport="dport", dst="src", dport="sport",
+    ).group_by(conn).agg(pl.col("ts").min().alias("_synack"))
+    done = syn.join(synack, on=conn).join(ack, on=conn) \
+        .filter((pl.col("_syn") <= pl.col("_synack")) & (pl.col("_synack") <= pl.col("_ack"))) \
+        .select("window_start", "src").unique()
+    return packets.join(done, on=["window_start", "src"], how="semi")
+
+
+def _aggregate(lf: pl.LazyFrame, key: list[str], spec: fs.FeatureSpec,
+               key_bits: int | None = None) -> pl.LazyFrame:
+    plan = fs.plan(spec)
+    result = lf.group_by(key).agg(
+        pl.len().cast(pl.Int64).alias("_packets"),
+        *(_main_expr(f, spec.window_seconds) for f in plan.main))
+    for column, features in plan.tables.items():
+        table = _table(lf, key, key_bits, column, features)
+        result = result.join(table, on=key, how="left")
+    outputs = []
+    for f in spec.features:
+        value = pl.col(f.name)
+        if f.agg == "mode_share":
+            value = value.cast(pl.Float64) / pl.col("_packets").cast(pl.Float64)
+        elif f.agg == "n_unique":
+            value = value.fill_null(0)
+        outputs.append(value.cast(_DTYPES[f.agg in fs.INTEGER_AGGS]).alias(f.name))
+    return result.select(*key, *outputs)
+
+
+# IPv4-mapped addresses (::ffff:a.b.c.d) have high half 0 and low half 0xffff_aabbccdd.
+_V4_LO = 0xFFFF << 32
+_COMPACT = "_key"
+_LOW32 = 1 << 32
+_ADDRESS_BITS = 32
+
+
+def compute(packets: pl.LazyFrame, spec: fs.FeatureSpec = fs.FeatureSpec(),
+            first_window: int | None = None, windows: int | None = None) -> pl.LazyFrame:
+    """The feature query over a packet frame; node as ``_node_hi``/``_node_lo`` halves.
+
+    ``first_window`` and ``windows`` (the window indices ``ts // window_ns`` the packets
+    fall in, when known) let IPv4 nodes group on one integer, ``ipv4 << b | window -
+    first_window`` with ``b`` bits for the window, which Polars hashes several times
+    faster than three columns; IPv6 nodes keep the three-column key. A node is IPv4 or
+    not, so no group spans both parts.
+
+    Rows come out unordered; :func:`finish` turns a collected result into the feature
+    table (node as 16 bytes, sorted by window then node).
+    """
+    width = spec.window_ns
+    lf = packets.select(spec.input_columns()) \
+        .filter(pl.col("ts").is_not_null() & pl.col(spec.node).is_not_null()) \
+        .with_columns(((pl.col("ts") // width) * width).alias(fs.WINDOW_START))
+    if spec.validated_only:
+        lf = _validated(lf)
+    hi, lo = _halves(spec.node)
+    lf = lf.with_columns(hi.alias(_HI), lo.alias(_LO))
+    window_bits = max(1, (windows - 1).bit_length()) if windows else 0
+    if first_window is None or not 0 < window_bits <= 64 - _ADDRESS_BITS:
+        return _aggregate(lf, _KEY, spec)
+    is_v4 = (pl.col(_HI) == 0) & ((pl.col(_LO) // _LOW32) == 0xFFFF)
+    slots = 1 << window_bits
+    v4 = lf.filter(is_v4).with_columns(
+        ((pl.col(_LO) % _LOW32) * slots + (pl.col("ts") // width - first_window).cast(pl.UInt64))
+        .alias(_COMPACT))
+    v4 = _aggregate(v4, [_COMPACT], spec, _ADDRESS_BITS + window_bits).select(
+        pl.lit(0, pl.UInt64).alias(_HI),
+        (pl.col(_COMPACT) // slots + _V4_LO).alias(_LO),
+        (((pl.col(_COMPACT) % slots).cast(pl.Int64) + first_window) * width)
+        .alias(fs.WINDOW_START),
+        pl.exclude(_COMPACT))
+    return pl.concat([v4, _aggregate(lf.filter(~is_v4), _KEY, spec)])
+
+
+def _node_bytes(hi: pa.Array, lo: pa.Array) -> pa.Array:
+    """Two uint64 halves back to 16-byte big-endian addresses."""
+    raw = np.empty((len(hi), 2), dtype=">u8")
+    raw[:, 0] = hi.to_numpy()
+    raw[:, 1] = lo.to_numpy()
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(hi),
+                                                [None, pa.py_buffer(raw.tobytes())])
+
+
+def finish(result: pl.DataFrame, spec: fs.FeatureSpec) -> pa.Table:
+    """A collected :func:`compute` result as the feature table, sorted by window, node."""
+    result = result.sort(fs.WINDOW_START, _HI, _LO)
+    table = result.to_arrow()
+    node = _node_bytes(table.column(_HI).combine_chunks(), table.column(_LO).combine_chunks())
+    columns = [node, *(table.column(name) for name in spec.schema().names[1:])]
+    return pa.Table.from_arrays(columns, schema=spec.schema())
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """Packets with ts in [start, end) (None: unbounded), read from ``files``."""
+
+    files: tuple[str, ...]
+    start: int | None = None
+    end: int | None = None
+
+
+def _partition_hour(path: str) -> int | None:
+    """Hours since the epoch of a ``date=YYYY-MM-DD/hour=HH/`` file, None otherwise."""
+    import datetime as dt
+
+    match = _PARTITION.search(Path(path).as_posix())
+    if not match:
+        return None
+    y, m, d, h = (int(g) for g in match.groups())
+    return int(dt.datetime(y, m, d, h, tzinfo=dt.UTC).timestamp()) // 3600
+
+
+def packet_files(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """The Parquet files of a packet dataset directory, a file, or a list of either."""
+    paths = [source] if isinstance(source, str | os.PathLike) else list(source)
+    files: list[str] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(str(p) for p in path.rglob("*.parquet")
+                           if not any(part.startswith((".", "_")) for part in
+                                      p.relative_to(path).parts))
+            files.extend(found)
+        elif path.is_file():
+            files.append(str(path))
+        else:
+            raise UsageError(f"{path}: no such packet dataset or Parquet file")
+    if not files:
+        raise UsageError(f"no Parquet packet files in {', '.join(map(str, paths))}")
+    return files
+
+
+def chunks(files: Sequence[str], window_ns: int, hours_per_chunk: int = 1) -> list[_Chunk]:
+    """Split hour-partitioned files into time ranges whose edges are window boundaries.
+
+    A window never spans two chunks, so chunk results concatenate into the full result.
+    Files outside the ``date=/hour=`` layout (or in the null-time partition) make one
+    chunk of everything, which is always correct.
+    """
+    by_hour: dict[int, list[str]] = {}
+    for f in files:
+        hour = _partition_hour(f)
+        if hour is None:
+            if "__HIVE_DEFAULT_PARTITION__" in f:
+                continue  # rows without a timestamp belong to no window
+            return [_Chunk(tuple(files))]
+        by_hour.setdefault(hour, []).append(f)
+    hours = sorted(by_hour)
+    result: list[_Chunk] = []
+    i = 0
+    while i < len(hours):
+        start = hours[i] * HOUR_NS // window_ns * window_ns
+        if result and result[-1].end is not None and start < result[-1].end:
+            start = result[-1].end
+        end = -(-(hours[i] + hours_per_chunk) * HOUR_NS // window_ns) * window_ns
+        members = [h for h in hours if h * HOUR_NS < end and (h + 1) * HOUR_NS > start]
+        result.append(_Chunk(tuple(f for h in members for f in by_hour[h]), start, end))
+        while i < len(hours) and (hours[i] + 1) * HOUR_NS <= end:
+            i += 1
+    return result
+
+
+def _scan(files: Sequence[str], spec: fs.FeatureSpec) -> pl.LazyFrame:
+    return pl.scan_parquet(list(files), hive_partitioning=False)
+
+
+def batches(source: PacketSource, spec: fs.FeatureSpec = fs.FeatureSpec(),
+            engine: str = "streaming") -> Iterator[pa.Table]:
+    """The feature table in pieces, one per time range, in (window, node) order."""
+    if isinstance(source, pa.Table | pl.DataFrame | pl.LazyFrame):
+        frame = source if isinstance(source, pl.LazyFrame) else pl.from_arrow(source).lazy() \
+            if isinstance(source, pa.Table) else source.lazy()
+        bounds = frame.select(pl.col("ts").min().alias("first"),
+                              pl.col("ts").max().alias("last")).collect()
+        first, last = bounds.row(0)
+        if first is None:
+            yield spec.schema().empty_table()
+            return
+        first_window, windows = first // spec.window_ns, last // spec.window_ns \
+            - first // spec.window_ns + 1
+        yield finish(compute(frame, spec, first_window, windows).collect(engine=engine), spec)
+        return
+    for chunk in chunks(packet_files(source), spec.window_ns):
+        lf = _scan(chunk.files, spec)
+        if chunk.start is not None:
+            lf = lf.filter((pl.col("ts") >= chunk.start) & (pl.col("ts") < chunk.end))
+        first_window = windows = None
+        if chunk.start is not None:
+            first_window = chunk.start // spec.window_ns
+            windows = -(-chunk.end // spec.window_ns) - first_window
+        yield finish(compute(lf, spec, first_window, windows).collect(engine=engine), spec)
+
+
+def collect(source: PacketSource, spec: fs.FeatureSpec = fs.FeatureSpec(),
+            engine: str = "streaming") -> pa.Table:
+    """The whole feature table as one Arrow table."""
+    parts = list(batches(source, spec, engine))
+    return pa.concat_tables(parts) if parts else spec.schema().empty_table()

@@ -1,0 +1,208 @@
+"""Spark sessions, and a throwaway standalone cluster on 127.0.0.1 for tests and demos.
+
+:func:`get_session` starts (or returns) the process's Spark session for a master URL:
+``local[N]``, ``spark://host:port`` of an existing standalone cluster, ``yarn``, or
+``k8s://...``. netsift's Spark jobs use the DataFrame API only (no Python UDFs), so
+executors never start Python workers and need no netsift installation.
+
+:class:`LocalCluster` starts a real standalone master and worker with the launch
+script shipped in the pyspark package (``pyspark/bin/spark-class``), on loopback, with
+ports the JVMs pick themselves (read back from their logs, so no race for a free port),
+and stops both, with their executors, when the ``with`` block ends.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from netsift.errors import UsageError
+
+LOOPBACK = "127.0.0.1"
+# Cheap start-up and small jobs: no web UI, no progress bar, few shuffle partitions.
+DEFAULT_CONF = {
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.sql.shuffle.partitions": "4",
+    "spark.sql.session.timeZone": "UTC",
+}
+
+
+def spark_home() -> Path:
+    """The Spark distribution inside the installed pyspark package."""
+    try:
+        import pyspark
+    except ImportError:
+        raise UsageError("the Spark engine needs pyspark: pip install 'netsift[spark]'") \
+            from None
+    return Path(pyspark.__file__).resolve().parent
+
+
+def get_session(master: str | None = None, app_name: str = "netsift",
+                conf: dict[str, str] | None = None):
+    """A SparkSession for ``master`` (default ``local[*]``) with netsift's defaults.
+
+    One session exists per process: a session already running for another master is
+    stopped first. ``conf`` entries override the defaults.
+    """
+    spark_home()
+    from pyspark.sql import SparkSession
+
+    master = master or "local[*]"
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        if active.sparkContext.master == master:
+            return active
+        active.stop()
+    settings = dict(DEFAULT_CONF)
+    if master.startswith("local") or LOOPBACK in master:
+        os.environ.setdefault("SPARK_LOCAL_IP", LOOPBACK)
+        settings.update({"spark.driver.host": LOOPBACK, "spark.driver.bindAddress": LOOPBACK})
+    settings.update(conf or {})
+    builder = SparkSession.builder.master(master).appName(app_name)
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    return session
+
+
+class ClusterError(RuntimeError):
+    """The local standalone cluster did not come up."""
+
+
+class LocalCluster:
+    """A Spark standalone master and one worker on 127.0.0.1, for the ``with`` block.
+
+    >>> with LocalCluster(cores=1, memory="1g") as cluster:   # doctest: +SKIP
+    ...     spark = get_session(cluster.master_url)
+
+    ``cores`` and ``memory`` bound what the worker offers executors. Logs are kept in
+    ``log_dir`` (a temporary directory by default) and quoted when start-up fails.
+    """
+
+    def __init__(self, cores: int = 1, memory: str = "2g", timeout: float = 90.0,
+                 log_dir: str | os.PathLike | None = None):
+        self.cores, self.memory, self.timeout = cores, memory, timeout
+        self._own_dir = log_dir is None
+        self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="netsift-spark-"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.master_url: str = ""
+        self._procs: list[subprocess.Popen] = []
+
+    def _launch(self, name: str, cls: str, *args: str) -> tuple[subprocess.Popen, Path]:
+        log = self.log_dir / f"{name}.log"
+        env = dict(os.environ, SPARK_HOME=str(spark_home()), SPARK_LOCAL_IP=LOOPBACK,
+                   SPARK_LOG_DIR=str(self.log_dir), SPARK_DAEMON_MEMORY="512m",
+                   SPARK_WORKER_DIR=str(self.log_dir / "work"),
+                   # The REST submission server listens on fixed port 6066: not needed.
+                   SPARK_MASTER_OPTS="-Dspark.master.rest.enabled=false",
+                   PYSPARK_PYTHON=sys.executable)
+        script = spark_home() / "bin" / "spark-class"
+        with open(log, "wb") as out:
+            # A session of its own, so stop() can signal the JVM and anything it forked.
+            proc = subprocess.Popen(["bash", str(script), cls, *args], stdout=out,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=env, start_new_session=True)
+        self._procs.append(proc)
+        return proc, log
+
+    def _wait_for(self, proc: subprocess.Popen, log: Path, pattern: str, what: str) -> str:
+        deadline = time.monotonic() + self.timeout
+        regex = re.compile(pattern)
+        while time.monotonic() < deadline:
+            text = log.read_text(errors="replace") if log.exists() else ""
+            match = regex.search(text)
+            if match:
+                return match.group(1) if regex.groups else match.group(0)
+            if proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        tail = (log.read_text(errors="replace") if log.exists() else "")[-2000:]
+        raise ClusterError(f"Spark {what} did not start within {self.timeout:.0f} s "
+                           f"(exit {proc.poll()}); log {log}:\n{tail}")
+
+    def start(self) -> LocalCluster:
+        if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+            raise ClusterError("Spark needs Java 17 or 21 (java not on PATH, JAVA_HOME unset)")
+        try:
+            master, log = self._launch(
+                "master", "org.apache.spark.deploy.master.Master",
+                "--host", LOOPBACK, "--port", "0", "--webui-port", "0")
+            self.master_url = self._wait_for(
+                master, log, r"Starting Spark master at (spark://[\d.]+:\d+)", "master")
+            worker, log = self._launch(
+                "worker", "org.apache.spark.deploy.worker.Worker",
+                "--host", LOOPBACK, "--port", "0", "--webui-port", "0",
+                "--cores", str(self.cores), "--memory", self.memory,
+                "--work-dir", str(self.log_dir / "work"), self.master_url)
+            self._wait_for(worker, log, r"Successfully registered with master", "worker")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop worker then master (SIGTERM, then SIGKILL after 10 s), by process group."""
+        for proc in reversed(self._procs):
+            _stop_group(proc)
+        self._procs.clear()
+        if self._own_dir:
+            shutil.rmtree(self.log_dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any live (not zombie) process is in process group ``pgid``.
+
+    Orphaned members that have exited stay zombies until PID 1 reaps them, which in a
+    container can take a while; they no longer run, so they do not count.
+    """
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces, so split after ")".
+        fields = text[text.rindex(")") + 2:].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def _stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM the process group led by ``proc``; SIGKILL what is left after ``grace``."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        proc.wait()
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        proc.poll()  # reap the leader, so only live members keep the group alive
+        if not group_alive(proc.pid):
+            break
+        time.sleep(0.1)
+    else:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + grace
+        while group_alive(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    proc.wait()

@@ -1,0 +1,86 @@
+"""``netsift features``: the command, its output directory, and its errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from feature_reference import assert_same
+
+import netsift.features as nf
+from netsift.cli import main
+
+
+def netsift(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "netsift.cli", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_features_command_writes_a_table(lan_dataset, tmp_path):
+    out = tmp_path / "features"
+    proc = netsift("features", str(lan_dataset), "--out", str(out), "--window", "10s",
+                   "--node", "dst")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert "node-windows from 2,251 packets" in proc.stdout and "polars" in proc.stdout
+    spec = nf.FeatureSpec(window_ns=10 * 10**9, node="dst")
+    assert json.loads((out / "_spec.json").read_text()) == spec.to_json()
+    assert nf.read_features(out).equals(nf.compute_features(lan_dataset, spec))
+
+
+def test_rerun_replaces_the_table(lan_dataset, tmp_path):
+    out = tmp_path / "features"
+    first = nf.write_features(lan_dataset, out, nf.FeatureSpec(window_ns=10**9))
+    second = nf.write_features(lan_dataset, out, nf.FeatureSpec(validated_only=True))
+    assert first.rows > second.rows == 2
+    assert nf.read_features(out).num_rows == 2
+    assert sorted(p.name for p in out.iterdir()) == ["_spec.json", "part-00000.parquet"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("args, status, message", [
+    (["--window", "fast"], 2, "bad duration 'fast'"),
+    (["--node", "both"], 2, "invalid choice: 'both'"),
+    (["--engine", "duckdb"], 2, "invalid choice: 'duckdb'"),
+    (["--master", "local[1]"], 1, "netsift: error: --master needs --engine spark"),
+])
+def test_bad_options(lan_dataset, tmp_path, args, status, message):
+    proc = netsift("features", str(lan_dataset), "--out", str(tmp_path / "f"), *args)
+    assert proc.returncode == status
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "f").exists()
+
+
+def test_foreign_output_directory_is_kept(lan_dataset, tmp_path):
+    out = tmp_path / "home"
+    out.mkdir()
+    (out / "thesis.tex").write_text("precious")
+    proc = netsift("features", str(lan_dataset), "--out", str(out))
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("netsift: error: ") and "not a feature table" in proc.stderr
+    assert (out / "thesis.tex").read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]
+
+
+def test_missing_input(tmp_path):
+    proc = netsift("features", str(tmp_path / "nothing"), "--out", str(tmp_path / "f"))
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == f"netsift: error: {tmp_path / 'nothing'}: no such packet " \
+                                  "dataset or Parquet file"
+
+
+@pytest.mark.spark
+def test_spark_engine_on_the_cluster_from_the_command_line(lan_dataset, tmp_path, spark,
+                                                           spark_cluster, capsys):
+    # In process: the command finds the test session already connected to this master
+    # (a second driver JVM would double the time of this test).
+    out = tmp_path / "features"
+    status = main(["features", str(lan_dataset), "--out", str(out), "--engine", "spark",
+                   "--master", spark_cluster.master_url, "--validated-only"])
+    assert status == 0
+    assert "node-windows from 108 packets" in capsys.readouterr().out
+    spec = nf.FeatureSpec(validated_only=True)
+    assert json.loads((out / "_spec.json").read_text()) == spec.to_json()
+    assert_same(nf.read_features(out), nf.compute_features(lan_dataset, spec).to_pylist())
