@@ -23,6 +23,8 @@ import json
 import logging
 import os
 import uuid
+import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,17 +188,26 @@ class Detector:
         meta, arrays = _read_model(path)
         from netsift.detect import DETECTORS
 
-        kind = DETECTORS.get(meta["detector"])
+        kind = DETECTORS.get(meta.get("detector"))
         if kind is None:
-            raise UsageError(f"{path}: unknown detector {meta['detector']!r}")
+            raise UsageError(f"{path}: unknown detector {meta.get('detector')!r}")
         if cls is not Detector and not issubclass(kind, cls):
             raise UsageError(f"{path} holds a {meta['detector']} model, not {cls.name}")
-        detector = kind(**{**meta["params"], **options})
-        detector.scaling_ = Scaling.from_state(
-            meta["scaling"], {k[len("scaling/"):]: v for k, v in arrays.items()
-                              if k.startswith("scaling/")})
-        detector._restore(meta, {k[len("model/"):]: v for k, v in arrays.items()
-                                 if k.startswith("model/")})
+        unknown = sorted(set(options) - set(inspect.signature(kind.__init__).parameters))
+        if unknown:
+            raise UsageError(f"the {kind.name} detector has no option {', '.join(unknown)}")
+        # A file with the format marker can still lack parts (damaged, or hand-made): a
+        # missing key or a malformed value is the file's fault, not a bug to trace back.
+        try:
+            detector = kind(**{**meta["params"], **options})
+            detector.scaling_ = Scaling.from_state(
+                meta["scaling"], {k[len("scaling/"):]: v for k, v in arrays.items()
+                                  if k.startswith("scaling/")})
+            detector._restore(meta, {k[len("model/"):]: v for k, v in arrays.items()
+                                     if k.startswith("model/")})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UsageError(f"{path} is an incomplete or damaged netsift model file "
+                             f"({type(exc).__name__}: {exc})") from None
         return detector
 
     # -- for subclasses ------------------------------------------------------------------
@@ -267,11 +278,15 @@ class Detector:
 
 def _read_model(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):  # a bare .npy array
+            raise ValueError("not an .npz archive")
+        with data:
             arrays = {key: data[key] for key in data.files}
     except FileNotFoundError:
         raise UsageError(f"model file not found: {path}") from None
-    except (OSError, ValueError) as exc:
+    # Truncated or damaged archives fail in zipfile and zlib, an empty file with EOFError.
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise UsageError(f"{path} is not a netsift model file: {exc}") from None
     try:
         meta = json.loads(str(arrays.pop(_META)))
