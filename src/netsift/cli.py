@@ -161,8 +161,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
             raise UsageError("--engine spark reads a --spool directory")
         from netsift.stream.spark_stream import run_spark_stream
 
-        run_spark_stream(args)
-        return EXIT_OK
+        return run_spark_stream(args)
     config = StreamConfig(
         out=Path(args.out), window_s=args.window / 1e9, lateness_s=args.lateness / 1e9,
         node=args.node, validated_only=args.validated_only,
