@@ -20,14 +20,25 @@ start-up is reported separately).
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import shutil
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import format_table, machine, verdict, write_json  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
+TARGET_POLARS_RATE = 10_000_000
 BATCH_ROWS = 256 * 1024
 HOUR_NS = 3600 * 1_000_000_000
 START_NS = 1_767_225_600 * 1_000_000_000  # 2026-01-01T00:00:00Z
@@ -139,3 +150,126 @@ def make_dataset(packets_per_hour: int, hours: int, seed: int = 7) -> Path:
         store.write_stream(batches(), root, f"synthetic-{hour:04d}")
     (root / "_complete").write_text("")
     return root
+
+
+# -- one engine run, in a child process --------------------------------------------------
+
+def _child(engine: str, dataset: str, out: str, master: str) -> None:
+    """Time ``write_features`` once; print a JSON line (seconds, rows, packets)."""
+    import netsift.features as nf
+
+    spec = nf.FeatureSpec()
+    session_seconds = 0.0
+    spark = None
+    if engine == "spark":
+        from netsift.platform.spark import get_session
+
+        started = time.perf_counter()
+        spark = get_session(master, app_name="netsift-bench",
+                            conf={"spark.driver.memory": "6g",
+                                  "spark.sql.shuffle.partitions": "8"})
+        spark.range(1).count()  # the JVM is up and a job has run
+        session_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    run = nf.write_features(dataset, out, spec, engine=engine, spark=spark)
+    seconds = time.perf_counter() - started
+    print(json.dumps({"seconds": seconds, "rows": run.rows, "packets": run.packets,
+                      "session_seconds": session_seconds}), flush=True)
+    if spark is not None:
+        spark.stop()
+
+
+def _tree_rss(root) -> int:
+    total = 0
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            total += proc.memory_info().rss
+        except Exception:  # the process ended between listing and reading
+            pass
+    return total
+
+
+def run_engine(engine: str, dataset: Path, master: str) -> dict:
+    """One engine over one dataset in a fresh process; wall time and peak tree RSS."""
+    import psutil
+
+    with tempfile.TemporaryDirectory(dir=DATA, prefix="features-out-") as scratch:
+        out = Path(scratch) / "features"
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "--child", engine, str(dataset), str(out), master],
+            stdout=subprocess.PIPE, text=True)
+        root = psutil.Process(proc.pid)
+        peak = 0
+        while proc.poll() is None:
+            peak = max(peak, _tree_rss(root))
+            time.sleep(0.05)
+        output = proc.stdout.read()
+        if proc.returncode:
+            raise RuntimeError(f"{engine} run failed (exit {proc.returncode})")
+        result = json.loads(output.strip().splitlines()[-1])
+        stored = sum(f.stat().st_size for f in out.glob("*.parquet"))
+    result.update(engine=engine, peak_rss=peak, feature_bytes=stored)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--packets", type=float, default=20e6,
+                        help="packets at 1x, one hour of traffic (default 2e7)")
+    parser.add_argument("--scales", type=int, nargs="+", default=[1, 2, 4],
+                        help="multiples of --packets to run (default 1 2 4)")
+    parser.add_argument("--engines", nargs="+", choices=("polars", "spark"),
+                        default=["polars", "spark"])
+    parser.add_argument("--master", default="local[*]", help="Spark master (local[*])")
+    parser.add_argument("--quick", action="store_true", help="2 M packets, scales 1 2")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="write results here")
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        _child(*args.child)
+        return 0
+    if args.quick:
+        args.packets, args.scales = 2e6, [1, 2]
+    per_hour = int(args.packets)
+    results = []
+    for scale in args.scales:
+        print(f"dataset {scale}x: {per_hour * scale:,} packets ...", file=sys.stderr)
+        dataset = make_dataset(per_hour, scale)
+        for engine in args.engines:
+            result = run_engine(engine, dataset, args.master)
+            result["scale"] = scale
+            result["rate"] = result["packets"] / result["seconds"]
+            results.append(result)
+            print(f"  {engine}: {result['seconds']:.1f} s", file=sys.stderr)
+    rows = [(r["engine"], f"{r['scale']}x", r["packets"], r["rows"], r["seconds"], r["rate"],
+             r["peak_rss"] / 2**20, r["session_seconds"] or None) for r in results]
+    print(format_table(["engine", "data", "packets", "node-windows", "seconds", "packets/s",
+                        "peak RSS MiB", "session start s"], rows))
+    by = {(r["engine"], r["scale"]): r for r in results}
+    print()
+    lines = []
+    base = min(args.scales)
+    for engine in args.engines:
+        growth = [f"{s}x: {by[engine, s]['seconds'] / by[engine, base]['seconds']:.2f}"
+                  for s in args.scales if (engine, s) in by]
+        lines.append(f"{engine} time relative to {base}x (linear = the scale): "
+                     + ", ".join(growth))
+    if "polars" in args.engines:
+        best = max(r["rate"] for r in results if r["engine"] == "polars")
+        lines.append(f"polars >= {TARGET_POLARS_RATE:,} packets/s: "
+                     f"{verdict(best >= TARGET_POLARS_RATE)} ({best:,.0f})")
+    if {"polars", "spark"} <= set(args.engines):
+        ratios = [f"{s}x: {by['spark', s]['seconds'] / by['polars', s]['seconds']:.1f}"
+                  for s in args.scales if ("spark", s) in by and ("polars", s) in by]
+        lines.append("polars faster than spark local by: " + ", ".join(ratios))
+    print("\n".join(lines))
+    if args.json:
+        write_json(args.json, {"machine": machine(), "cores": os.cpu_count(),
+                               "results": results, "summary": lines})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

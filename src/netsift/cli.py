@@ -52,6 +52,7 @@ def _human_bytes(n: float) -> str:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from netsift import store
+    from netsift.errors import UsageError
     from netsift.ingest.job import ingest
 
     def on_result(result) -> None:
@@ -64,12 +65,23 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         for reason, count in result.skipped.items():
             _say(f"warning: {result.path}: {count} {reason}")
 
-    progress = _Progress(args.quiet, "ingest")
-    try:
-        report = ingest(args.inputs, args.out, jobs=args.jobs, batch_rows=args.batch_rows,
-                        force=args.force, on_progress=progress, on_result=on_result)
-    finally:
-        progress.close()
+    if args.engine == "spark":
+        from netsift.ingest.spark_ingest import spark_ingest
+
+        if args.jobs:
+            raise UsageError("--jobs is for --engine embedded; Spark runs a task per core")
+        report = spark_ingest(args.inputs, args.out, master=args.master,
+                              batch_rows=args.batch_rows, force=args.force,
+                              on_result=on_result)
+    else:
+        if args.master:
+            raise UsageError("--master needs --engine spark")
+        progress = _Progress(args.quiet, "ingest")
+        try:
+            report = ingest(args.inputs, args.out, jobs=args.jobs, batch_rows=args.batch_rows,
+                            force=args.force, on_progress=progress, on_result=on_result)
+        finally:
+            progress.close()
     size = sum(os.path.getsize(f) for f in store.dataset_files(args.out))
     rate = report.packets / report.seconds if report.seconds else 0.0
     parts = [f"{report.count('ingested')} ingested"]
@@ -149,6 +161,79 @@ def cmd_features(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _analyze_options(args: argparse.Namespace):
+    from pathlib import Path
+
+    from netsift.pipeline import DEFAULT_DETECTOR, DEFAULT_THRESHOLD, AnalyzeOptions
+
+    return AnalyzeOptions(
+        window_ns=args.window, node=args.node, validated_only=args.validated_only,
+        detector=args.detector or DEFAULT_DETECTOR,
+        model=Path(args.model) if args.model else None,
+        threshold=DEFAULT_THRESHOLD if args.threshold is None else args.threshold,
+        top_features=args.top_features, engine=args.engine,
+        master=args.master, jobs=args.jobs, device=args.device, seed=args.seed,
+        report=not args.no_report)
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from netsift.errors import UsageError
+    from netsift.pipeline import analyze
+
+    if args.master and args.engine != "spark":
+        raise UsageError("--master needs --engine spark")
+    failures = []
+
+    def on_result(result) -> None:
+        if result.status == "failed":
+            failures.append(result.error)
+            _say(f"error: {result.error}")
+        elif result.status == "not-a-capture":
+            _say(f"skipped: {result.error}")
+        for reason, count in result.skipped.items():
+            _say(f"warning: {result.path}: {count} {reason}")
+
+    progress = _Progress(args.quiet, "ingest")
+    try:
+        result = analyze(args.inputs, args.out, _analyze_options(args),
+                         on_ingest_result=on_result, on_progress=progress,
+                         on_stage=None if args.quiet else lambda text: _say(text))
+    finally:
+        progress.close()
+    if not args.quiet:
+        seconds = sum(result.seconds.values())
+        print(f"{result.packets:,} packets, {result.host_windows:,} host-windows, "
+              f"{result.alerts:,} alerts ({result.detector}) in {seconds:.1f} s -> {result.out}")
+        if result.report is not None:
+            print(f"report: {result.report}")
+        print(f"alerts: {result.out / 'alerts.jsonl'}")
+    return EXIT_FAILED if failures else EXIT_OK
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from netsift.evaluate import evaluate
+    from netsift.features import FeatureSpec
+
+    spec = FeatureSpec(window_ns=args.window, node=args.node)
+    results = evaluate(args.labelled, args.detectors, spec, seed=args.seed, device=args.device)
+    header = ("capture", "detector", "ROC-AUC", "AP", "P@k", "k", "normal", "excluded",
+              "separated")
+    rows = [(r.capture, r.detector, f"{r.roc_auc:.3f}", f"{r.average_precision:.3f}",
+             f"{r.precision_at_k:.3f}", str(r.k), str(r.normals), str(r.excluded),
+             "yes" if r.separated else f"no ({r.normals_above} normal above)")
+            for r in results]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    for row in (header, *rows):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    if args.json:
+        import json
+        from dataclasses import asdict
+
+        with open(args.json, "w") as out:
+            json.dump([asdict(r) for r in results], out, indent=1)
+    return EXIT_OK
+
+
 def cmd_stream(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -180,6 +265,15 @@ def cmd_stream(args: argparse.Namespace) -> int:
     return EXIT_FAILED if stats.failed_files else EXIT_OK
 
 
+def cmd_platform_check(args: argparse.Namespace) -> int:
+    from netsift.platform.check import run_check
+
+    run_check(master=args.master, device=args.device, processes=args.processes,
+              epochs=args.epochs, spark_preset=args.spark_preset, timeout=args.timeout,
+              on_line=lambda line: print(line, flush=True))
+    return EXIT_OK
+
+
 def _duration(text: str) -> int:
     from netsift.errors import UsageError
     from netsift.features import parse_duration
@@ -198,6 +292,22 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
     return value
+
+
+def _feature_options(p: argparse.ArgumentParser) -> None:
+    """Window, node and engine options shared by the commands that compute features."""
+    p.add_argument("--window", type=_duration, default="60s", metavar="DURATION",
+                   help="window length, aligned to the epoch: 500ms, 60s, 5m, 1h (default 60s)")
+    p.add_argument("--node", choices=("src", "dst"), default="src",
+                   help="whose behaviour: senders (src, default) or receivers (dst)")
+    p.add_argument("--validated-only", action="store_true",
+                   help="keep only packets from sources that completed a TCP three-way "
+                        "handshake in the window")
+    p.add_argument("--engine", choices=("polars", "spark"), default="polars",
+                   help="polars (in process, default) or spark")
+    p.add_argument("--master", metavar="URL",
+                   help="Spark master: local[N], spark://HOST:PORT, yarn, k8s://... "
+                        "(default local[*])")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -221,6 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-rows", type=_positive_int, default=256 * 1024,
                    help="packets per Arrow batch / Parquet row group (default 262144)")
     p.add_argument("--force", action="store_true", help="re-ingest inputs already ingested")
+    p.add_argument("--engine", choices=("embedded", "spark"), default="embedded",
+                   help="embedded (worker processes here, default) or spark (executors "
+                        "read the files; see docs/spark.md)")
+    p.add_argument("--master", metavar="URL",
+                   help="Spark master with --engine spark: local[N], spark://HOST:PORT, "
+                        "yarn, k8s://... (default local[*])")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
     p.add_argument("--verbose", "-v", action="store_true", help="also list skipped inputs")
     p.set_defaults(func=cmd_ingest)
@@ -247,20 +363,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("packets", nargs="+", metavar="PACKETS",
                    help="packet dataset directory (netsift ingest --out) or Parquet file")
     p.add_argument("--out", "-o", required=True, metavar="DIR", help="feature table directory")
-    p.add_argument("--window", type=_duration, default="60s", metavar="DURATION",
-                   help="window length, aligned to the epoch: 500ms, 60s, 5m, 1h (default 60s)")
-    p.add_argument("--node", choices=("src", "dst"), default="src",
-                   help="whose behaviour: senders (src, default) or receivers (dst)")
-    p.add_argument("--validated-only", action="store_true",
-                   help="keep only packets from sources that completed a TCP three-way "
-                        "handshake in the window")
-    p.add_argument("--engine", choices=("polars", "spark"), default="polars",
-                   help="polars (in process, default) or spark")
-    p.add_argument("--master", metavar="URL",
-                   help="Spark master: local[N], spark://HOST:PORT, yarn, k8s://... "
-                        "(default local[*])")
+    _feature_options(p)
     p.add_argument("--quiet", "-q", action="store_true", help="no summary")
     p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser(
+        "analyze", help="the main job: captures -> features -> detector -> alerts and report",
+        description="Ingest captures into OUT/packets, compute NAGM features per node and "
+                    "window (OUT/features.parquet), fit a detector on them or score with "
+                    "--model (OUT/model.npz), and write OUT/scores.parquet, OUT/alerts.jsonl "
+                    "(host-windows scoring >= --threshold) and OUT/report.html. Re-runs "
+                    "skip captures already ingested.")
+    p.add_argument("inputs", nargs="+", metavar="CAPTURE", help="capture file, directory or -")
+    p.add_argument("--out", "-o", required=True, metavar="DIR")
+    _feature_options(p)
+    p.add_argument("--detector", default=None, metavar="NAME",
+                   help="detector to fit: iforest (default), meanshift, autoencoder, ensemble")
+    p.add_argument("--model", metavar="FILE",
+                   help="score with this fitted model (an earlier OUT/model.npz) instead")
+    p.add_argument("--threshold", type=float, default=None, metavar="SCORE",
+                   help="alert when the score reaches this, in (0, 1) (default 0.5: 3 robust "
+                        "standard deviations above the typical host-window)")
+    p.add_argument("--top-features", type=_positive_int, default=3, metavar="K",
+                   help="features explaining each alert (default 3)")
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
+                   help="where the autoencoder runs (default auto: a GPU if there is one)")
+    p.add_argument("--seed", type=int, default=0, help="seed of randomised detectors (0)")
+    p.add_argument("--jobs", "-j", type=_positive_int, default=None,
+                   help="ingest worker processes (default: one per core)")
+    p.add_argument("--no-report", action="store_true", help="skip report.html")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress or summary")
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser(
+        "evaluate", help="rank labelled captures with each detector: ROC-AUC, AP, P@k",
+        description="For each labelled capture (a netsift lab directory, or a capture with "
+                    "labels.json beside it), compute features, fit every detector without "
+                    "labels, and print ROC-AUC, average precision and precision at k (k = "
+                    "attack host-windows) against the labels (docs/detect.md).")
+    p.add_argument("labelled", nargs="+", metavar="LAB", help="lab directory or capture")
+    p.add_argument("--detectors", nargs="+", metavar="NAME",
+                   default=["iforest", "meanshift", "autoencoder", "ensemble"])
+    p.add_argument("--window", type=_duration, default="10s", metavar="DURATION",
+                   help="window length (default 10s: lab captures last minutes)")
+    p.add_argument("--node", choices=("src", "dst"), default="src")
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
         "stream", help="the same analysis over a live interface or a spool directory",
@@ -298,6 +448,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--master", metavar="URL", help="Spark master (with --engine spark)")
     p.add_argument("--quiet", "-q", action="store_true", help="no status line or summary")
     p.set_defaults(func=cmd_stream)
+
+    p = sub.add_parser("platform", help="check a Spark deployment of netsift",
+                       description="Operator tools for a netsift deployment on Spark.")
+    platform = p.add_subparsers(dest="platform_command", metavar="SUBCOMMAND")
+    platform.required = True
+    p = platform.add_parser(
+        "check", help="smoke-test a Spark cluster: executors, GPUs, distributed training",
+        description="Connect to the Spark master, list the executors with their cores and "
+                    "GPUs, run a probe task on each (Python, torch, CUDA), then train a "
+                    "small convolutional network on scikit-learn's handwritten digits with "
+                    "PyTorch DDP across the cluster (TorchDistributor) and print the "
+                    "accuracy on held-out images and the device each process used. Exit 0 "
+                    "when every stage passes and the accuracy reaches 0.9.")
+    p.add_argument("--master", metavar="URL",
+                   help="Spark master: local[N], spark://HOST:PORT, yarn, k8s://... "
+                        "(default local[*])")
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
+                   help="train on executor GPUs (gpu), CPUs (cpu), or GPUs where every "
+                        "executor has one (auto, default)")
+    p.add_argument("--processes", type=_positive_int, metavar="N",
+                   help="training processes (default: one per executor, or per GPU)")
+    p.add_argument("--epochs", type=_positive_int, default=10, help="training epochs (10)")
+    p.add_argument("--spark-preset", choices=("cpu", "gpu"),
+                   help="start the application with netsift's cpu or gpu Spark preset "
+                        "(docs/deploy.md); gpu gives each process a whole GPU")
+    p.add_argument("--timeout", type=_positive_int, default=60, metavar="SECONDS",
+                   help="how long to wait for the master, then for executors (60)")
+    p.set_defaults(func=cmd_platform_check)
 
     p = sub.add_parser("info", help="describe captures (format, packets, time span)",
                        description="Read captures and print format, packet count, time "

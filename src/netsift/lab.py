@@ -4,20 +4,26 @@ Hosts hang off one Linux bridge in 10.88.0.0/24, each in its own namespace:
 
 - ``server`` 10.88.0.1: HTTP (``python3 -m http.server``) and DNS (dnsmasq).
 - ``client1..N`` 10.88.0.11..: web (curl), DNS (dig) and ping at random, human-like
-  intervals (exponential gaps, mean ``think_s``).
+  intervals: exponential gaps whose mean differs per client (log-uniform between
+  ``think_s / 3`` and ``think_s * 4``), so some clients are chatty and some mostly quiet.
 - attackers, each active only during its span: an nmap SYN port scan, an nmap ping sweep
   (``--send-ip`` of 10.88.1.0/24, routed via the server so probes leave as IP packets), an
   hping3 SYN flood, an hping3 UDP flood and a slow nmap scan (one probe a second).
 
-tcpdump records the bridge into ``capture.pcap``; ``labels.json`` names every host and
-every attack with its tool, command and time span (epoch seconds, measured around the
-tool's run). Run time is bounded by ``seconds``; namespaces, bridge and processes are
-always removed, also on error or Ctrl-C. Needs root and the tools in :data:`TOOLS`.
+Segmentation and receive offloads are off on every link, so frames on the bridge have
+the sizes a physical Ethernet would carry (not 64 KiB offload super-frames). tcpdump
+records the bridge into ``capture.pcap``; ``labels.json`` names every host and
+every attack with its tool, command, time span (epoch seconds, measured around the
+tool's run) and ``victims``: the lab hosts the attack is aimed at, whose replies (SYN-ACKs,
+resets, ICMP errors) make their own windows unusual while it lasts. Run time is bounded
+by ``seconds``; namespaces, bridge and processes are always removed, also on error or
+Ctrl-C. Needs root and the tools in :data:`TOOLS`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -31,7 +37,7 @@ from pathlib import Path
 
 from netsift.errors import UsageError
 
-TOOLS = ("ip", "tcpdump", "nmap", "hping3", "curl", "dig", "ping", "dnsmasq")
+TOOLS = ("ip", "ethtool", "tcpdump", "nmap", "hping3", "curl", "dig", "ping", "dnsmasq")
 SUBNET = "10.88.0"
 SWEEP_SUBNET = "10.88.1.0/24"
 SERVER = f"{SUBNET}.1"
@@ -55,6 +61,7 @@ class Attack:
     command: list[str]
     start: float = 0.0
     end: float = 0.0
+    victims: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -73,7 +80,7 @@ def missing_requirements() -> str | None:
     if missing:
         return ("missing tools: " + ", ".join(missing) +
                 " (apt-get install iproute2 tcpdump nmap hping3 curl dnsutils "
-                "iputils-ping dnsmasq-base)")
+                "iputils-ping dnsmasq-base ethtool)")
     return None
 
 
@@ -105,6 +112,8 @@ class Network:
                 self._ip("-n", ns, "addr", "add", f"{host.address}/24", "dev", "eth0")
                 self._ip("-n", ns, "link", "set", "eth0", "up")
                 self._ip("-n", ns, "link", "set", "lo", "up")
+                _offloads_off([veth])
+                _offloads_off(["eth0"], ns)
         except BaseException:
             self.close()
             raise
@@ -152,6 +161,15 @@ class Network:
         self._made.clear()
 
 
+def _offloads_off(devices: list[str], ns: str | None = None) -> None:
+    prefix = ["ip", "netns", "exec", ns] if ns else []
+    for device in devices:
+        proc = subprocess.run([*prefix, "ethtool", "-K", device, "tso", "off", "gso", "off",
+                               "gro", "off"], capture_output=True, text=True, timeout=20)
+        if proc.returncode:
+            raise UsageError(f"ethtool -K {device}: {proc.stderr.strip()}")
+
+
 def plan(seconds: int, clients: int) -> tuple[list[Host], list[tuple[float, Attack]]]:
     """Hosts, and attacks with their start offsets (seconds from the lab's start)."""
     hosts = [Host("server", SERVER, "server")]
@@ -176,6 +194,9 @@ def plan(seconds: int, clients: int) -> tuple[list[Host], list[tuple[float, Atta
                       ["nmap", "-n", "-Pn", "-sS", "--scan-delay", "1s", "--max-retries", "0",
                        "-p", f"1000-{1000 + slow_ports - 1}", SERVER])),
     ]
+    for _, attack in schedule:
+        if attack.target in {h.address for h in hosts}:
+            attack.victims = [attack.target]
     return hosts, schedule
 
 
@@ -225,8 +246,9 @@ def run_lab(out: Path, *, seconds: int = 120, clients: int = 4, seed: int = 1,
         deadline = started + seconds
         pending = sorted(schedule, key=lambda item: item[0])
         running: list[tuple[Attack, subprocess.Popen]] = []
-        next_action = {h.name: started + rng.expovariate(1 / think_s)
-                       for h in hosts if h.role == "client"}
+        mean_gap = {h.name: think_s * math.exp(rng.uniform(math.log(1 / 3), math.log(4)))
+                    for h in hosts if h.role == "client"}
+        next_action = {name: started + rng.expovariate(1 / gap) for name, gap in mean_gap.items()}
         client_procs: list[subprocess.Popen] = []
         while time.time() < deadline:
             now = time.time()
@@ -243,7 +265,7 @@ def run_lab(out: Path, *, seconds: int = 120, clients: int = 4, seed: int = 1,
             for host in hosts:
                 if host.role == "client" and now >= next_action[host.name]:
                     client_procs.append(net.start(host, _client_action(rng)))
-                    next_action[host.name] = now + rng.expovariate(1 / think_s)
+                    next_action[host.name] = now + rng.expovariate(1 / mean_gap[host.name])
             client_procs = [p for p in client_procs if p.poll() is None]
             time.sleep(0.05)
         for attack, proc in running:  # still going at the deadline: stop it, span ends now

@@ -43,23 +43,32 @@ def spark(spark_cluster):
 
 
 class Engine:
-    """One engine behind one call: ``engine(source, spec) -> feature table``."""
+    """One engine behind one call: ``engine(source, spec) -> feature table``.
+
+    ``polars`` is the embedded engine as shipped (the compiled kernel on the CPU);
+    ``polars-query`` is its lazy Polars query, the plan the GPU runs.
+    """
 
     def __init__(self, name: str, spark=None):
         self.name, self.spark = name, spark
 
     def __call__(self, source, spec: nf.FeatureSpec = nf.FeatureSpec()) -> pa.Table:
+        if self.name == "polars-query":
+            from netsift.features import polars_engine
+
+            return polars_engine.collect(source, spec, engine="streaming")
         return nf.compute_features(source, spec, engine=self.name, spark=self.spark)
 
     def __repr__(self) -> str:
         return self.name
 
 
-@pytest.fixture(params=["polars", pytest.param("spark", marks=pytest.mark.spark)])
+@pytest.fixture(params=["polars", "polars-query",
+                        pytest.param("spark", marks=pytest.mark.spark)])
 def engine(request) -> Engine:
     if request.param == "spark":
         return Engine("spark", request.getfixturevalue("spark"))
-    return Engine("polars")
+    return Engine(request.param)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""Polars and Spark side by side on real captures made by real tools (tests/netlab.py)."""
+"""The embedded kernel, the Polars query and Spark side by side on real captures made by
+real tools (tests/netlab.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from feature_reference import assert_same
 
 import netsift
 import netsift.features as nf
+from netsift.features import polars_engine
 
 # tcpdump -i any (IPv4, IPv6, loopback, TCP handshakes), dumpcap on four interfaces.
 CAPTURES = ("sll2.pcap", "multi.pcapng", "ethernet.pcap")
@@ -26,8 +28,10 @@ def capture_table(captures) -> pa.Table:
     nf.FeatureSpec(validated_only=True, node="dst"),
 ], ids=["src-1s", "dst-validated"])
 def test_engines_agree_on_real_captures(capture_table, spark, spec):
-    on_polars = nf.compute_features(capture_table, spec)
+    on_kernel = nf.compute_features(capture_table, spec)
+    on_query = polars_engine.collect(capture_table, spec, engine="streaming")
     on_spark = nf.compute_features(capture_table, spec, engine="spark", spark=spark)
-    assert on_polars.num_rows > 0
-    assert on_spark.schema == on_polars.schema
-    assert_same(on_spark, on_polars.to_pylist(), str(spec))
+    assert on_kernel.num_rows > 0
+    assert on_spark.schema == on_query.schema == on_kernel.schema
+    assert_same(on_query, on_kernel.to_pylist(), f"query {spec}")
+    assert_same(on_spark, on_kernel.to_pylist(), f"spark {spec}")

@@ -18,11 +18,39 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numba as nb
 import numpy as np
 
 from netsift.detect.base import Detector
 
-_ROW_CHUNK = 4096  # rows walked at once: bounds the (rows x trees) index arrays
+_BLOCK = 256  # rows per parallel task
+
+
+@nb.njit(parallel=True, nogil=True, cache=True)
+def _walk_trees(values, roots, left, right, feature, threshold, samples, leaf_depth,
+                want_credit, credit):
+    """Per row: summed path length over all trees (+ the unbuilt subtree's expected depth
+    at the leaf); with ``want_credit``, ``log2(samples at node / samples in the branch
+    taken)`` added to ``credit[row, split feature]`` at every split on the path."""
+    n_rows = values.shape[0]
+    depths = np.zeros(n_rows)
+    # Tree-major within a block of rows: one tree's arrays stay in cache for the block.
+    for block in nb.prange((n_rows + _BLOCK - 1) // _BLOCK):
+        first, last = block * _BLOCK, min(n_rows, (block + 1) * _BLOCK)
+        for t in range(roots.shape[0]):
+            for row in range(first, last):
+                node = roots[t]
+                depth = 0.0
+                while left[node] >= 0:
+                    split = feature[node]
+                    child = left[node] if values[row, split] <= threshold[node] \
+                        else right[node]
+                    if want_credit:
+                        credit[row, split] += np.log2(samples[node] / samples[child])
+                    depth += 1.0
+                    node = child
+                depths[row] += depth + leaf_depth[node]
+    return depths
 
 
 def average_path_length(n: np.ndarray) -> np.ndarray:
@@ -46,7 +74,7 @@ class IsolationForestDetector(Detector):
 
     name = "iforest"
 
-    def __init__(self, *, n_estimators: int = 200, max_samples: int | str = "auto",
+    def __init__(self, *, n_estimators: int = 500, max_samples: int | str = "auto",
                  seed: int = 0, categorical: str | Sequence[str] | None = "auto"):
         super().__init__(seed=seed, categorical=categorical)
         self.n_estimators = n_estimators
@@ -80,31 +108,12 @@ class IsolationForestDetector(Detector):
     def _walk(self, scaled: np.ndarray, credit: np.ndarray | None = None) -> np.ndarray:
         """Sum over trees of each row's path length; adds split credits into ``credit``."""
         # The trees were grown on float32 copies of the rows: compare the same values.
-        values = scaled.astype(np.float32).astype(np.float64)
-        depths = np.zeros(scaled.shape[0])
-        for start in range(0, scaled.shape[0], _ROW_CHUNK):
-            chunk = values[start:start + _ROW_CHUNK]
-            rows = np.arange(chunk.shape[0])[:, None]
-            node = np.broadcast_to(self._roots, (chunk.shape[0], self._roots.size)).copy()
-            depth = np.zeros(node.shape)
-            while True:
-                inner = self._left[node] >= 0
-                if not inner.any():
-                    break
-                split = self._feature[node]
-                goes_left = chunk[rows, split] <= self._threshold[node]
-                child = np.where(inner, np.where(goes_left, self._left[node],
-                                                 self._right[node]), node)
-                if credit is not None:
-                    gain = np.log2(self._samples[node] / self._samples[child])
-                    np.add.at(credit[start:start + _ROW_CHUNK],
-                              (np.broadcast_to(rows, node.shape)[inner], split[inner]),
-                              gain[inner])
-                depth += inner
-                node = child
-            depths[start:start + _ROW_CHUNK] = (
-                depth + average_path_length(self._samples[node])).sum(axis=1)
-        return depths
+        values = np.ascontiguousarray(scaled.astype(np.float32).astype(np.float64))
+        leaf_depth = average_path_length(self._samples)
+        out = credit if credit is not None else np.zeros((0, 0))
+        return _walk_trees(values, self._roots, self._left, self._right, self._feature,
+                           self._threshold, self._samples.astype(np.float64), leaf_depth,
+                           credit is not None, out)
 
     def _raw(self, scaled: np.ndarray) -> np.ndarray:
         denominator = self._roots.size * average_path_length(np.array([self._max_samples]))[0]

@@ -292,10 +292,72 @@ def _scan(files: Sequence[str], spec: fs.FeatureSpec) -> pl.LazyFrame:
     return pl.scan_parquet(list(files), hive_partitioning=False)
 
 
+#: ``engine`` value that runs the compiled kernel (:mod:`netsift.features.kernel`); any
+#: other value is a Polars collect engine for the lazy query ("streaming", "in-memory",
+#: or a ``pl.GPUEngine``).
+KERNEL = "kernel"
+
+
+def _kernel_input(table: pa.Table, spec: fs.FeatureSpec) -> pa.Table:
+    """Packets the kernel takes: the spec's columns, rows with a time and a node."""
+    import pyarrow.compute as pc
+
+    table = table.select(spec.input_columns())
+    keep = pc.and_(pc.is_valid(table.column("ts")), pc.is_valid(table.column(spec.node)))
+    return table if pc.all(keep).as_py() else table.filter(keep)
+
+
+def _kernel(table: pa.Table, spec: fs.FeatureSpec) -> pa.Table:
+    from netsift.features import kernel
+
+    table = _kernel_input(table, spec)
+    if spec.validated_only:
+        width = spec.window_ns
+        frame = pl.from_arrow(table).lazy().with_columns(
+            ((pl.col("ts") // width) * width).alias(fs.WINDOW_START))
+        table = _validated(frame).drop(fs.WINDOW_START).collect().to_arrow()
+    return kernel.evaluate(table, spec)
+
+
+def _read_chunk(chunk: _Chunk, spec: fs.FeatureSpec) -> pa.Table:
+    import pyarrow.dataset as ds
+
+    dataset = ds.dataset(list(chunk.files), format="parquet")
+    where = ds.field("ts").is_valid() & ds.field(spec.node).is_valid()
+    if chunk.start is not None:
+        where = where & (ds.field("ts") >= chunk.start) & (ds.field("ts") < chunk.end)
+    return dataset.to_table(columns=spec.input_columns(), filter=where)
+
+
+def _device_engine(engine, spec: fs.FeatureSpec, device: str):
+    """GPU branch: ``device`` (auto|cpu|gpu) -> collect engine, by netsift.platform.gpu.
+
+    The GPU runs the lazy query on cudf-polars; the kernel is CPU-only. The plan checked
+    is the query over an empty packet frame: the same constructs as every chunk's.
+    """
+    if device == "cpu":
+        return engine
+    from netsift.platform import gpu
+
+    empty = pl.from_arrow(PACKET_SCHEMA.empty_table()).lazy()
+    return gpu.engine_for(compute(empty, spec), device, engine,
+                          empty.select(spec.input_columns()).collect_schema())
+
+
 def batches(source: PacketSource, spec: fs.FeatureSpec = fs.FeatureSpec(),
-            engine: str = "streaming") -> Iterator[pa.Table]:
-    """The feature table in pieces, one per time range, in (window, node) order."""
+            engine=KERNEL, device: str = "cpu") -> Iterator[pa.Table]:
+    """The feature table in pieces, one per time range, in (window, node) order.
+
+    ``device``: ``cpu`` runs ``engine``; ``gpu`` the lazy query on the cudf-polars GPU
+    engine (:func:`netsift.platform.gpu.engine_for`), ``auto`` that where it can run.
+    """
+    engine = _device_engine(engine, spec, device)
     if isinstance(source, pa.Table | pl.DataFrame | pl.LazyFrame):
+        if engine == KERNEL:
+            table = source if isinstance(source, pa.Table) else (
+                source.collect() if isinstance(source, pl.LazyFrame) else source).to_arrow()
+            yield _kernel(table, spec)
+            return
         frame = source if isinstance(source, pl.LazyFrame) else pl.from_arrow(source).lazy() \
             if isinstance(source, pa.Table) else source.lazy()
         bounds = frame.select(pl.col("ts").min().alias("first"),
@@ -309,6 +371,9 @@ def batches(source: PacketSource, spec: fs.FeatureSpec = fs.FeatureSpec(),
         yield finish(compute(frame, spec, first_window, windows).collect(engine=engine), spec)
         return
     for chunk in chunks(packet_files(source), spec.window_ns):
+        if engine == KERNEL:
+            yield _kernel(_read_chunk(chunk, spec), spec)
+            continue
         lf = _scan(chunk.files, spec)
         if chunk.start is not None:
             lf = lf.filter((pl.col("ts") >= chunk.start) & (pl.col("ts") < chunk.end))
@@ -320,7 +385,7 @@ def batches(source: PacketSource, spec: fs.FeatureSpec = fs.FeatureSpec(),
 
 
 def collect(source: PacketSource, spec: fs.FeatureSpec = fs.FeatureSpec(),
-            engine: str = "streaming") -> pa.Table:
-    """The whole feature table as one Arrow table."""
-    parts = list(batches(source, spec, engine))
+            engine=KERNEL, device: str = "cpu") -> pa.Table:
+    """The whole feature table as one Arrow table (``device``: see :func:`batches`)."""
+    parts = list(batches(source, spec, engine, device))
     return pa.concat_tables(parts) if parts else spec.schema().empty_table()

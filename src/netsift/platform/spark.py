@@ -5,10 +5,10 @@
 ``k8s://...``. netsift's Spark jobs use the DataFrame API only (no Python UDFs), so
 executors never start Python workers and need no netsift installation.
 
-:class:`LocalCluster` starts a real standalone master and worker with the launch
+:class:`LocalCluster` starts a real standalone master and workers with the launch
 script shipped in the pyspark package (``pyspark/bin/spark-class``), on loopback, with
 ports the JVMs pick themselves (read back from their logs, so no race for a free port),
-and stops both, with their executors, when the ``with`` block ends.
+and stops them all, with their executors, when the ``with`` block ends.
 """
 
 from __future__ import annotations
@@ -81,18 +81,22 @@ class ClusterError(RuntimeError):
 
 
 class LocalCluster:
-    """A Spark standalone master and one worker on 127.0.0.1, for the ``with`` block.
+    """A Spark standalone master and ``workers`` workers on 127.0.0.1, for the ``with`` block.
 
     >>> with LocalCluster(cores=1, memory="1g") as cluster:   # doctest: +SKIP
     ...     spark = get_session(cluster.master_url)
 
-    ``cores`` and ``memory`` bound what the worker offers executors. Logs are kept in
-    ``log_dir`` (a temporary directory by default) and quoted when start-up fails.
+    ``cores`` and ``memory`` bound what each worker offers executors (each worker JVM
+    runs its own executor per application). Logs are kept in ``log_dir`` (a temporary
+    directory by default) and quoted when start-up fails.
     """
 
     def __init__(self, cores: int = 1, memory: str = "2g", timeout: float = 90.0,
-                 log_dir: str | os.PathLike | None = None):
+                 log_dir: str | os.PathLike | None = None, workers: int = 1):
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, not {workers}")
         self.cores, self.memory, self.timeout = cores, memory, timeout
+        self.workers = workers
         self._own_dir = log_dir is None
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="netsift-spark-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -140,12 +144,16 @@ class LocalCluster:
                 "--host", LOOPBACK, "--port", "0", "--webui-port", "0")
             self.master_url = self._wait_for(
                 master, log, r"Starting Spark master at (spark://[\d.]+:\d+)", "master")
-            worker, log = self._launch(
-                "worker", "org.apache.spark.deploy.worker.Worker",
+            # Started together, awaited in turn: the JVMs start up in parallel.
+            started = [self._launch(
+                "worker" if i == 0 else f"worker-{i + 1}",
+                "org.apache.spark.deploy.worker.Worker",
                 "--host", LOOPBACK, "--port", "0", "--webui-port", "0",
                 "--cores", str(self.cores), "--memory", self.memory,
                 "--work-dir", str(self.log_dir / "work"), self.master_url)
-            self._wait_for(worker, log, r"Successfully registered with master", "worker")
+                for i in range(self.workers)]
+            for worker, log in started:
+                self._wait_for(worker, log, r"Successfully registered with master", "worker")
         except BaseException:
             self.stop()
             raise

@@ -130,7 +130,8 @@ def render(path: Path, *, title: str, summary: list[tuple[str, str]], top_hosts:
 <table>{summary_rows}</table>
 <h2>Top anomalous hosts</h2>
 <p class="muted">Highest-scoring host-windows, one line per host; the reasons are the
-features furthest from their typical value (median of all host-windows).</p>
+features that contributed most to the score, with the host's value and the typical value
+(median of all host-windows; for a mode, the most common value).</p>
 <table>{_row(["#", "host", "#score", "window (UTC)", "what made it anomalous"], True)}
 {host_rows}</table>
 <h2>Score over time</h2>

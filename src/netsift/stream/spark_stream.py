@@ -58,6 +58,7 @@ import pyarrow as pa
 
 from netsift.errors import NetsiftError, UsageError
 from netsift.features import FeatureSpec, compute_features
+from netsift.ingest.spark_ingest import CaptureTask, spark_type
 from netsift.schema import PACKET_SCHEMA
 from netsift.stream.checkpoint import Checkpoint, Outputs
 from netsift.stream.sources import completed_files
@@ -68,8 +69,6 @@ WINDOW_COLUMN = "window_start"
 REPORT_COLUMN = "_report"  # one JSON row per capture: file, packets, skips, error
 _BATCH_DIR = re.compile(r"batch-(\d+)$")
 _WINDOW_DIR = re.compile(r"window_start=(-?\d+)$")
-# Spark has no unsigned types: widen them as its Parquet reader does.
-_SPARK_TYPES = {pa.uint8(): pa.int16(), pa.uint16(): pa.int32(), pa.uint32(): pa.int64()}
 
 
 @dataclass
@@ -128,47 +127,35 @@ class _Stopping(NetsiftError):
 def staged_arrow_schema(columns: list[str]) -> pa.Schema:
     """Decoded rows as Spark takes them: packet ``columns`` (unsigned widened, addresses
     variable-length binary) and the per-capture report column."""
-    fields = []
-    for name in columns:
-        dtype = PACKET_SCHEMA.field(name).type
-        if pa.types.is_fixed_size_binary(dtype):
-            dtype = pa.binary()
-        fields.append(pa.field(name, _SPARK_TYPES.get(dtype, dtype)))
+    fields = [pa.field(name, spark_type(PACKET_SCHEMA.field(name).type)) for name in columns]
     return pa.schema([*fields, pa.field(REPORT_COLUMN, pa.string())])
 
 
 def decode_captures(columns: list[str], batch_rows: int):
     """A ``mapInArrow`` function: capture paths (column ``value``) -> packet batches.
 
-    Runs on executors. After a capture's packets comes one row with a null ``ts`` and a
-    JSON ``_report``: ``{"file", "packets", "skipped": {reason: count}, "error"}``; a
-    capture that cannot be read (``CaptureError``) keeps the packets decoded before the
-    failure and reports the error.
+    Runs on executors, reading each capture as the Spark ingest does
+    (:class:`netsift.ingest.spark_ingest.CaptureTask`). After a capture's packets comes
+    one row with a null ``ts`` and a JSON ``_report``: ``{"file", "packets", "skipped":
+    {reason: count}, "error", "format"}``; a capture that cannot be read keeps the
+    packets decoded before the failure and reports the error.
     """
     schema = staged_arrow_schema(columns)
     packet_fields = list(schema)[:-1]
 
     def decode(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from netsift.errors import CaptureError
-        from netsift.ingest.reader import CaptureReader
-
         for listing in batches:
             for path in listing.column("value").to_pylist():
                 if not path:
                     continue
-                reader = CaptureReader(path, batch_rows=batch_rows)
-                error = None
-                try:
-                    for batch in reader:
-                        arrays = [batch.column(f.name).cast(f.type) for f in packet_fields]
-                        arrays.append(pa.nulls(batch.num_rows, pa.string()))
-                        yield pa.RecordBatch.from_arrays(arrays, schema=schema)
-                except CaptureError as exc:
-                    error = str(exc)
-                report = {"file": path, "packets": reader.stats.packets,
-                          "skipped": reader.stats.skipped, "error": error}
+                task = CaptureTask(path, batch_rows=batch_rows)
+                for batch in task.guarded():
+                    arrays = [batch.column(f.name).cast(f.type) for f in packet_fields]
+                    arrays.append(pa.nulls(batch.num_rows, pa.string()))
+                    yield pa.RecordBatch.from_arrays(arrays, schema=schema)
                 arrays = [pa.nulls(1, f.type) for f in packet_fields]
-                arrays.append(pa.array([json.dumps(report, sort_keys=True)], pa.string()))
+                arrays.append(pa.array([json.dumps(task.report(), sort_keys=True)],
+                                       pa.string()))
                 yield pa.RecordBatch.from_arrays(arrays, schema=schema)
     return decode
 
