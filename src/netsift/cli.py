@@ -137,6 +137,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
     from netsift.lab import run_lab
 
     result = run_lab(Path(args.out), seconds=args.seconds, clients=args.clients,
+                     servers=args.servers,
                      seed=args.seed, on_event=None if args.quiet else _say)
     if not args.quiet:
         kinds = ", ".join(f"{a.kind} from {a.attacker}" for a in result.attacks)
@@ -343,14 +344,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "lab", help="record a labelled capture of a small LAN with real attacks (root)",
-        description="Build a LAN of network namespaces on a bridge (a server with HTTP and "
+        description="Build a LAN of network namespaces on a bridge (servers with HTTP and "
                     "DNS, normal clients, and attackers: nmap SYN scan, nmap ping sweep, "
                     "hping3 SYN and UDP floods, a slow scan), capture it with tcpdump and "
                     "write DIR/capture.pcap and DIR/labels.json. Needs root.")
     p.add_argument("--out", "-o", required=True, metavar="DIR")
-    p.add_argument("--seconds", type=_positive_int, default=120,
-                   help="run time (default 120, at least 40)")
-    p.add_argument("--clients", type=_positive_int, default=4, help="normal clients (4)")
+    p.add_argument("--seconds", type=_positive_int, default=150,
+                   help="run time (default 150, at least 40)")
+    p.add_argument("--clients", type=_positive_int, default=24, help="normal clients (24)")
+    p.add_argument("--servers", type=_positive_int, default=3,
+                   help="servers, each with HTTP and DNS; attacks aim at the first (3)")
     p.add_argument("--seed", type=int, default=1, help="seed of the clients' behaviour")
     p.add_argument("--quiet", "-q", action="store_true")
     p.set_defaults(func=cmd_lab)

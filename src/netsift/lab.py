@@ -2,8 +2,10 @@
 
 Hosts hang off one Linux bridge in 10.88.0.0/24, each in its own namespace:
 
-- ``server`` 10.88.0.1: HTTP (``python3 -m http.server``) and DNS (dnsmasq).
-- ``client1..N`` 10.88.0.11..: web (curl), DNS (dig) and ping at random, human-like
+- ``server1..S`` 10.88.0.1..: HTTP (``python3 -m http.server``) and DNS (dnsmasq) each;
+  the attacks aim at ``server1``.
+- ``client1..N`` 10.88.0.11..: web (curl), DNS (dig) and ping of a random server, at
+  random, human-like
   intervals: exponential gaps whose mean differs per client (log-uniform between
   ``think_s / 3`` and ``think_s * 4``), so some clients are chatty and some mostly quiet.
 - attackers, each active only during its span: an nmap SYN port scan, an nmap ping sweep
@@ -170,9 +172,10 @@ def _offloads_off(devices: list[str], ns: str | None = None) -> None:
             raise UsageError(f"ethtool -K {device}: {proc.stderr.strip()}")
 
 
-def plan(seconds: int, clients: int) -> tuple[list[Host], list[tuple[float, Attack]]]:
+def plan(seconds: int, clients: int, servers: int = 3
+         ) -> tuple[list[Host], list[tuple[float, Attack]]]:
     """Hosts, and attacks with their start offsets (seconds from the lab's start)."""
-    hosts = [Host("server", SERVER, "server")]
+    hosts = [Host(f"server{i + 1}", f"{SUBNET}.{1 + i}", "server") for i in range(servers)]
     hosts += [Host(f"client{i + 1}", f"{SUBNET}.{11 + i}", "client") for i in range(clients)]
     attackers = {kind: Host(kind, f"{SUBNET}.{66 + i}", "attacker") for i, kind in enumerate(
         ("scanner", "sweeper", "synflood", "udpflood", "slowscan"))}
@@ -200,20 +203,22 @@ def plan(seconds: int, clients: int) -> tuple[list[Host], list[tuple[float, Atta
     return hosts, schedule
 
 
-def _client_action(rng: random.Random) -> list[str]:
+def _client_action(rng: random.Random, servers: list[str]) -> list[str]:
+    server = rng.choice(servers)
     pick = rng.random()
     if pick < 0.5:
         page = rng.choice(["", "index.html", "big.bin", "missing.html"])
         return ["curl", "-s", "-o", "/dev/null", "--max-time", "3",
-                f"http://{SERVER}:{HTTP_PORT}/{page}"]
+                f"http://{server}:{HTTP_PORT}/{page}"]
     if pick < 0.85:
         name = rng.choice(["intranet", "mail", "files", "printer", "wiki"])
-        return ["dig", f"@{SERVER}", "+tries=1", "+time=1", f"{name}.lab.example"]
-    return ["ping", "-c", str(rng.randint(1, 3)), "-i", "0.3", "-W", "1", SERVER]
+        return ["dig", f"@{server}", "+tries=1", "+time=1", f"{name}.lab.example"]
+    return ["ping", "-c", str(rng.randint(1, 3)), "-i", "0.3", "-W", "1", server]
 
 
-def run_lab(out: Path, *, seconds: int = 120, clients: int = 4, seed: int = 1,
-            think_s: float = 1.5, on_event: Callable[[str], None] | None = None) -> LabResult:
+def run_lab(out: Path, *, seconds: int = 150, clients: int = 24, servers: int = 3,
+            seed: int = 1, think_s: float = 1.5,
+            on_event: Callable[[str], None] | None = None) -> LabResult:
     """Build the LAN, run normal traffic and the attacks for ``seconds``, write the outputs."""
     reason = missing_requirements()
     if reason:
@@ -223,9 +228,11 @@ def run_lab(out: Path, *, seconds: int = 120, clients: int = 4, seed: int = 1,
     say = on_event or (lambda _msg: None)
     rng = random.Random(seed)
     out.mkdir(parents=True, exist_ok=True)
-    hosts, schedule = plan(seconds, clients)
+    if not 1 <= servers <= 9:
+        raise UsageError(f"--servers must be 1 to 9, not {servers}")
+    hosts, schedule = plan(seconds, clients, servers)
     by_address = {h.address: h for h in hosts}
-    server = hosts[0]
+    server_addresses = [h.address for h in hosts if h.role == "server"]
     capture = out / "capture.pcap"
     with tempfile.TemporaryDirectory(prefix="netsift-lab-") as webroot, Network(hosts) as net:
         Path(webroot, "index.html").write_text("<html><body>netsift lab</body></html>\n")
@@ -235,11 +242,12 @@ def run_lab(out: Path, *, seconds: int = 120, clients: int = 4, seed: int = 1,
         tcpdump = net.start(None, ["tcpdump", "-i", net.bridge, "-w", str(capture), "-U",
                                    "-s", "262144"], stderr=subprocess.PIPE)
         _wait_for(lambda: capture.exists() and capture.stat().st_size >= 24, 10, "tcpdump")
-        net.start(server, ["python3", "-m", "http.server", str(HTTP_PORT), "--bind", SERVER,
-                           "-d", webroot])
-        net.start(server, ["dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts",
-                           f"--listen-address={SERVER}", "--bind-interfaces",
-                           "--address=/lab.example/10.88.0.200", "--pid-file="])
+        for server in (h for h in hosts if h.role == "server"):
+            net.start(server, ["python3", "-m", "http.server", str(HTTP_PORT), "--bind",
+                               server.address, "-d", webroot])
+            net.start(server, ["dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts",
+                               f"--listen-address={server.address}", "--bind-interfaces",
+                               "--address=/lab.example/10.88.0.200", "--pid-file="])
         time.sleep(1.0)
         say(f"lab up: {len(hosts)} hosts on {net.bridge}, running {seconds} s")
         started = time.time()
@@ -264,7 +272,7 @@ def run_lab(out: Path, *, seconds: int = 120, clients: int = 4, seed: int = 1,
                     running.remove((attack, proc))
             for host in hosts:
                 if host.role == "client" and now >= next_action[host.name]:
-                    client_procs.append(net.start(host, _client_action(rng)))
+                    client_procs.append(net.start(host, _client_action(rng, server_addresses)))
                     next_action[host.name] = now + rng.expovariate(1 / mean_gap[host.name])
             client_procs = [p for p in client_procs if p.poll() is None]
             time.sleep(0.05)
