@@ -146,15 +146,22 @@ def cmd_lab(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_features(args: argparse.Namespace) -> int:
+def _check_spark_options(args: argparse.Namespace) -> None:
     from netsift.errors import UsageError
+
+    for name in ("master", "spark_preset"):
+        if getattr(args, name) and args.engine != "spark":
+            raise UsageError(f"--{name.replace('_', '-')} needs --engine spark")
+
+
+def cmd_features(args: argparse.Namespace) -> int:
     from netsift.features import FeatureSpec, write_features
 
-    if args.master and args.engine != "spark":
-        raise UsageError("--master needs --engine spark")
+    _check_spark_options(args)
     spec = FeatureSpec(window_ns=args.window, node=args.node,
                        validated_only=args.validated_only)
-    run = write_features(args.packets, args.out, spec, engine=args.engine, master=args.master)
+    run = write_features(args.packets, args.out, spec, engine=args.engine, master=args.master,
+                         device=args.device, spark_preset=args.spark_preset)
     if not args.quiet:
         rate = run.packets / run.seconds if run.seconds else 0.0
         print(f"{run.rows:,} node-windows from {run.packets:,} packets in {run.seconds:.1f} s "
@@ -173,16 +180,14 @@ def _analyze_options(args: argparse.Namespace):
         model=Path(args.model) if args.model else None,
         threshold=DEFAULT_THRESHOLD if args.threshold is None else args.threshold,
         top_features=args.top_features, engine=args.engine,
-        master=args.master, jobs=args.jobs, device=args.device, seed=args.seed,
-        report=not args.no_report)
+        master=args.master, spark_preset=args.spark_preset, jobs=args.jobs,
+        device=args.device, seed=args.seed, report=not args.no_report)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from netsift.errors import UsageError
     from netsift.pipeline import analyze
 
-    if args.master and args.engine != "spark":
-        raise UsageError("--master needs --engine spark")
+    _check_spark_options(args)
     failures = []
 
     def on_result(result) -> None:
@@ -309,6 +314,9 @@ def _feature_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--master", metavar="URL",
                    help="Spark master: local[N], spark://HOST:PORT, yarn, k8s://... "
                         "(default local[*])")
+    p.add_argument("--spark-preset", choices=("cpu", "gpu"),
+                   help="Spark settings for CPU executors or GPU scheduling "
+                        "(docs/deploy.md); with --engine spark")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -367,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="packet dataset directory (netsift ingest --out) or Parquet file")
     p.add_argument("--out", "-o", required=True, metavar="DIR", help="feature table directory")
     _feature_options(p)
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
+                   help="Polars engine on the CPU or the GPU (cudf-polars; docs/gpu.md)")
     p.add_argument("--quiet", "-q", action="store_true", help="no summary")
     p.set_defaults(func=cmd_features)
 
@@ -390,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-features", type=_positive_int, default=3, metavar="K",
                    help="features explaining each alert (default 3)")
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
-                   help="where the autoencoder runs (default auto: a GPU if there is one)")
+                   help="where features (Polars engine) and the autoencoder run "
+                        "(default auto: a GPU where one can be used)")
     p.add_argument("--seed", type=int, default=0, help="seed of randomised detectors (0)")
     p.add_argument("--jobs", "-j", type=_positive_int, default=None,
                    help="ingest worker processes (default: one per core)")
@@ -488,9 +499,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_to_stderr() -> None:
+    """netsift's log records as ``netsift: message`` lines: warnings and up, plus the
+    notes of ``netsift.platform`` and ``netsift.detect`` (which device runs what)."""
+    import logging
+
+    root = logging.getLogger("netsift")
+    if root.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("netsift: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    root.propagate = False
+    for name in ("netsift.platform", "netsift.detect"):
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _log_to_stderr()
     handler: Callable[[argparse.Namespace], int] = args.func
     try:
         return handler(args)

@@ -58,6 +58,7 @@ class AnalyzeOptions:
     top_features: int = TOP_FEATURES
     engine: str = "polars"
     master: str | None = None
+    spark_preset: str | None = None
     jobs: int | None = None
     device: str = "auto"
     seed: int = 0
@@ -196,8 +197,8 @@ def new_detector(name: str, *, seed: int = 0, device: str = "auto"):
         raise UsageError(f"unknown detector {name!r}: use one of {', '.join(sorted(DETECTORS))}")
     params = inspect.signature(kind.__init__).parameters
     options = {"seed": seed}
-    if "device" in params:
-        options["device"] = device
+    if "device" in params:  # torch detectors: auto | cpu | cuda
+        options["device"] = "cuda" if device == "gpu" else device
     return kind(**options)
 
 
@@ -253,7 +254,9 @@ def analyze(inputs: list[str], out: str | os.PathLike, options: AnalyzeOptions |
 
     say("features")
     started = time.perf_counter()
-    features = compute_features(files, spec, engine=options.engine, master=options.master)
+    features = compute_features(files, spec, engine=options.engine, master=options.master,
+                                device=options.device if options.engine == "polars" else "cpu",
+                                spark_preset=options.spark_preset)
     seconds["features"] = time.perf_counter() - started
     if features.num_rows == 0:
         raise UsageError("the inputs hold no IP packets with timestamps: nothing to analyze")
@@ -298,7 +301,9 @@ def analyze(inputs: list[str], out: str | os.PathLike, options: AnalyzeOptions |
 
 
 def _load_options(options: AnalyzeOptions) -> dict:
-    return {} if options.device == "auto" else {"device": options.device}
+    """Options for loading a model: the device, for the detectors that take one."""
+    return {} if options.device == "auto" else \
+        {"device": "cuda" if options.device == "gpu" else options.device}
 
 
 def _packets_in(features: pa.Table) -> int:

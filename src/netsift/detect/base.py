@@ -184,7 +184,11 @@ class Detector:
 
     @classmethod
     def load(cls, path: str | os.PathLike, **options) -> Detector:
-        """Read a model written by :meth:`save`. ``options`` (e.g. ``device``) override."""
+        """Read a model written by :meth:`save`. ``options`` (e.g. ``device``) override.
+
+        ``device`` is a placement, not a model option: detectors that run on the CPU only
+        ignore it.
+        """
         meta, arrays = _read_model(path)
         from netsift.detect import DETECTORS
 
@@ -193,7 +197,10 @@ class Detector:
             raise UsageError(f"{path}: unknown detector {meta.get('detector')!r}")
         if cls is not Detector and not issubclass(kind, cls):
             raise UsageError(f"{path} holds a {meta['detector']} model, not {cls.name}")
-        unknown = sorted(set(options) - set(inspect.signature(kind.__init__).parameters))
+        accepted = set(inspect.signature(kind.__init__).parameters)
+        if "device" not in accepted:
+            options.pop("device", None)
+        unknown = sorted(set(options) - accepted)
         if unknown:
             raise UsageError(f"the {kind.name} detector has no option {', '.join(unknown)}")
         # A file with the format marker can still lack parts (damaged, or hand-made): a

@@ -87,22 +87,25 @@ def _as_table(arrow: pa.Table, spec: FeatureSpec) -> pa.Table:
 
 
 def compute_features(source, spec: FeatureSpec = FeatureSpec(), *, engine: str = "polars",
-                     master: str | None = None, spark=None) -> pa.Table:
+                     master: str | None = None, spark=None, device: str = "cpu",
+                     spark_preset: str | None = None) -> pa.Table:
     """The feature table of a packet source, sorted by window then node.
 
     ``source``: a packet dataset directory (``netsift ingest --out``), Parquet file(s),
     or a ``pyarrow.Table`` of the packet schema. Spark runs on ``spark`` (a session) or
-    a session for ``master``.
+    a session for ``master`` with the Spark settings of ``spark_preset`` ("gpu", "cpu":
+    docs/deploy.md). ``device`` (auto|cpu|gpu) applies to the Polars engine: the GPU
+    runs its lazy query on cudf-polars (docs/gpu.md).
     """
     _check_engine(engine)
     if engine == "polars":
         from netsift.features import polars_engine
 
-        return polars_engine.collect(source, spec)
+        return polars_engine.collect(source, spec, device=device)
     from netsift.features import spark_engine
     from netsift.platform.spark import get_session
 
-    spark = spark or get_session(master)
+    spark = spark or get_session(master, preset=spark_preset)
     frame = spark_engine.compute(_spark_frame(spark, source, spec), spec)
     with warnings.catch_warnings():
         # pyspark's Arrow collection warns about pandas 3 though it does not use pandas.
@@ -129,7 +132,8 @@ def _swap_in(tmp: Path, out: Path) -> None:
 
 def write_features(source, out: str | os.PathLike, spec: FeatureSpec = FeatureSpec(), *,
                    engine: str = "polars", master: str | None = None,
-                   spark=None) -> FeatureRun:
+                   spark=None, device: str = "cpu",
+                   spark_preset: str | None = None) -> FeatureRun:
     """Compute features and write them as a Parquet table directory ``out``.
 
     ``out`` holds ``part-*.parquet`` (zstd) and ``_spec.json`` (window, node, filter,
@@ -148,7 +152,7 @@ def write_features(source, out: str | os.PathLike, spec: FeatureSpec = FeatureSp
             from netsift.features import polars_engine
 
             tmp.mkdir()
-            for i, part in enumerate(polars_engine.batches(source, spec)):
+            for i, part in enumerate(polars_engine.batches(source, spec, device=device)):
                 pq.write_table(part, tmp / f"part-{i:05d}.parquet", **PARQUET_OPTIONS)
                 rows += part.num_rows
                 if "packets" in part.column_names:
@@ -157,7 +161,7 @@ def write_features(source, out: str | os.PathLike, spec: FeatureSpec = FeatureSp
             from netsift.features import spark_engine
             from netsift.platform.spark import get_session
 
-            spark = spark or get_session(master)
+            spark = spark or get_session(master, preset=spark_preset)
             frame = spark_engine.compute(_spark_frame(spark, source, spec), spec)
             frame.orderBy(WINDOW_START, NODE).write.option("compression", "zstd") \
                 .parquet(str(tmp))

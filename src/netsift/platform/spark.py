@@ -46,28 +46,44 @@ def spark_home() -> Path:
 
 
 def get_session(master: str | None = None, app_name: str = "netsift",
-                conf: dict[str, str] | None = None):
+                conf: dict[str, str] | None = None, preset: str | None = None):
     """A SparkSession for ``master`` (default ``local[*]``) with netsift's defaults.
 
     One session exists per process: a session already running for another master is
-    stopped first. ``conf`` entries override the defaults.
+    stopped first. ``preset`` ("gpu" or "cpu": netsift.platform.deploy.spark_conf) and
+    then ``conf`` override the defaults. Under ``spark-submit`` (or the pyspark shell)
+    with no ``master`` given, the submitted master and settings win: netsift's defaults
+    fill in only what was not set.
     """
     spark_home()
     from pyspark.sql import SparkSession
 
-    master = master or "local[*]"
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    submitted = master is None and "PYSPARK_GATEWAY_PORT" in os.environ
+    master = master or "local[*]"
     active = SparkSession.getActiveSession()
     if active is not None:
-        if active.sparkContext.master == master:
+        if submitted or active.sparkContext.master == master:
             return active
         active.stop()
     settings = dict(DEFAULT_CONF)
+    if preset:
+        from netsift.platform.deploy import spark_conf
+
+        settings.update(spark_conf(preset))
+    settings.update(conf or {})
+    if submitted:
+        session = SparkSession.builder.appName(app_name).getOrCreate()
+        given = session.sparkContext.getConf()
+        for key, value in settings.items():
+            if not given.contains(key) and key.startswith("spark.sql."):
+                session.conf.set(key, value)  # runtime settings only; the rest is fixed
+        session.sparkContext.setLogLevel("ERROR")
+        return session
     if master.startswith("local") or LOOPBACK in master:
         os.environ.setdefault("SPARK_LOCAL_IP", LOOPBACK)
         settings.update({"spark.driver.host": LOOPBACK, "spark.driver.bindAddress": LOOPBACK})
-    settings.update(conf or {})
     builder = SparkSession.builder.master(master).appName(app_name)
     for key, value in settings.items():
         builder = builder.config(key, value)
