@@ -307,7 +307,7 @@ def test_spark_submit(tree, spark_cluster, spark, embedded, tmp_path):
          spark_cluster.master_url, "--conf", "spark.cores.max=2", "--conf",
          "spark.executor.cores=1", "--conf", "spark.executor.memory=512m",
          str(REPO / "deploy" / "spark" / "netsift_job.py"), "ingest", "--engine", "spark",
-         "--master", spark_cluster.master_url, str(tree / "small"), "--out", str(out)],
+         str(tree / "small"), "--out", str(out)],  # the session is spark-submit's
         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1].startswith("8 ingested: 2,295 packets in ")

@@ -71,7 +71,7 @@ def test_auto_without_a_gpu_uses_the_cpu_and_says_so_once(machine, caplog, purpo
     assert [gpu.resolve_device("auto", purpose) for _ in range(3)] == ["cpu"] * 3
     messages = _messages(caplog)
     assert len(messages) == 1, messages
-    assert messages[0].startswith("device auto: ") and "runs on the CPU (" in messages[0]
+    assert messages[0].startswith("device auto: ") and "runs on the CPU: " in messages[0]
     assert NO_GPU.reason(purpose) in messages[0]
 
 

@@ -187,7 +187,7 @@ def resolve_device(requested: str = "auto", purpose: str = "torch") -> str:
     device, reason = _resolve(requested, purpose)
     if requested == "auto":
         what = "torch" if purpose == "torch" else "the Polars engine"
-        say_once(f"device auto: {what} runs on the CPU ({reason})" if device == "cpu"
+        say_once(f"device auto: {what} runs on the CPU: {reason}" if device == "cpu"
                  else f"device auto: {what} runs on the GPU")
     return device
 
@@ -252,7 +252,7 @@ def engine_for(query, device: str = "cpu", cpu_engine="streaming",
     resolved, reason = _resolve(requested, "polars")
     if resolved == "cpu":
         if requested == "auto":
-            say_once(f"device auto: the Polars engine runs on the CPU ({reason})")
+            say_once(f"device auto: the Polars engine runs on the CPU: {reason}")
         return cpu_engine
     blockers = polars_gpu_blockers(query, input_schema)
     if not blockers:
@@ -265,5 +265,5 @@ def engine_for(query, device: str = "cpu", cpu_engine="streaming",
     if requested == "gpu":
         raise UsageError(f"device gpu: the Polars GPU engine cannot run the feature query "
                          f"({reason}); use device cpu or auto")
-    say_once(f"device auto: the Polars engine runs on the CPU ({reason})")
+    say_once(f"device auto: the Polars engine runs on the CPU: {reason}")
     return cpu_engine

@@ -3,7 +3,9 @@
 A spool file is *complete* when a newer file has appeared after it (rotation moved on, as
 with ``tcpdump -G/-C`` or ``dumpcap -b``) or it has not changed for ``settle`` seconds.
 Files are taken in (mtime, name) order, each exactly once: the caller records finished
-files in its checkpoint and passes them back as ``done``.
+files in its checkpoint and passes them back as ``done``, a mapping of name to the
+modification time (ns) the file had when it was read. A name seen again with another
+modification time is a new file (``tcpdump -W`` and ``-C -W`` ring buffers reuse names).
 
 A live interface is read from a ``tcpdump``/``dumpcap`` subprocess writing pcap to a pipe,
 so netsift itself needs no capture privilege.
@@ -15,7 +17,8 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 from netsift.errors import CaptureError, UsageError
@@ -39,19 +42,35 @@ def _spool_entries(spool: Path) -> list[tuple[int, str, int]]:
     return entries
 
 
-def completed_files(spool: Path, done: set[str], settle: float, *,
-                    now: float | None = None, drain: bool = False) -> list[Path]:
+def _is_done(done: Mapping[str, int | None] | AbstractSet[str], name: str,
+             mtime_ns: int) -> bool:
+    if name not in done:
+        return False
+    recorded = done.get(name) if isinstance(done, Mapping) else None
+    return recorded is None or recorded == mtime_ns
+
+
+def completed_files(spool: Path, done: Mapping[str, int | None] | AbstractSet[str],
+                    settle: float, *, now: float | None = None, drain: bool = False,
+                    prune: bool = False) -> list[Path]:
     """Complete, not yet processed spool files, oldest first.
 
-    ``drain`` treats every file as complete (the writer has stopped).
+    ``done``: names already processed, as a set or as a dict of name to the modification
+    time (ns) it had then (``None``: any). ``drain`` treats every file as complete (the
+    writer has stopped). ``prune`` removes from the dict the names no longer in the
+    spool, so what a long run remembers is bounded by what the spool holds.
     """
     if not spool.is_dir():
         raise UsageError(f"{spool}: spool directory does not exist")
     now = time.time() if now is None else now
     entries = _spool_entries(spool)
+    if prune and isinstance(done, dict):
+        present = {name for _mtime, name, _size in entries}
+        for name in [n for n in done if n not in present]:
+            del done[name]
     ready = []
     for i, (mtime_ns, name, _size) in enumerate(entries):
-        if name in done:
+        if _is_done(done, name, mtime_ns):
             continue
         newer_exists = i + 1 < len(entries)
         settled = now - mtime_ns / 1e9 >= settle
@@ -62,14 +81,16 @@ def completed_files(spool: Path, done: set[str], settle: float, *,
     return ready
 
 
-def watch_spool(spool: Path, done: set[str], *, settle: float = 5.0, poll: float = 0.5,
-                drain: bool = False, should_stop=lambda: False) -> Iterator[Path | None]:
+def watch_spool(spool: Path, done: dict[str, int | None], *, settle: float = 5.0,
+                poll: float = 0.5, drain: bool = False,
+                should_stop=lambda: False) -> Iterator[Path | None]:
     """Yield complete files as they appear; ``None`` when idle (lets callers flush).
 
-    With ``drain`` the files present now are yielded and the iterator ends.
+    The caller adds each file it finishes to ``done``. With ``drain`` the files present
+    now are yielded and the iterator ends.
     """
     while not should_stop():
-        ready = completed_files(spool, done, settle, drain=drain)
+        ready = completed_files(spool, done, settle, drain=drain, prune=True)
         for path in ready:
             if should_stop():
                 return
@@ -107,11 +128,24 @@ class LiveCapture:
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE)
         self.stdout = self.proc.stdout
+        self.stopped = False  # we asked it to end: its exit status is ours, not a failure
 
-    def failure(self) -> CaptureError | None:
-        """Why the capture stopped, if it did, in one line."""
-        code = self.proc.poll()
-        if code is None or code == 0:
+    def interrupt(self) -> None:
+        """Ask the capture to end (safe in a signal handler): its output then ends."""
+        self.stopped = True
+        if self.proc.poll() is None:
+            self.proc.terminate()
+
+    def failure(self, wait: float = 0.0) -> CaptureError | None:
+        """Why the capture stopped, if it did, in one line.
+
+        ``wait``: seconds to let it exit first (its output has ended, so it is exiting).
+        """
+        try:
+            code = self.proc.wait(timeout=wait) if wait else self.proc.poll()
+        except subprocess.TimeoutExpired:
+            code = None
+        if code is None or code == 0 or self.stopped:
             return None
         err = self.proc.stderr.read().decode(errors="replace").strip() if self.proc.stderr \
             else ""
@@ -123,6 +157,7 @@ class LiveCapture:
         return CaptureError(f"{self.cmd[0]}: {detail}")
 
     def stop(self) -> None:
+        self.stopped = True
         if self.proc.poll() is None:
             self.proc.terminate()
             try:

@@ -7,13 +7,21 @@ left out, never silently dropped. Windows are aligned to the epoch, as in batch.
 
 Keeping the packets (not partial aggregates) makes a closed window's features come from
 the very same engine code as batch, so stream equals batch by construction; the memory
-held is the open windows' packets, projected to the columns features read.
+held is the open windows' packets, projected to the columns features read. Each open
+window keeps its packets as the list of slices that arrived, so adding a batch and
+closing a window never copy or filter the packets of other windows.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+# A slice holding under 1/COMPACT_RATIO of the buffers it keeps alive (a small batch cut
+# from a reader's full-size batch arrays) is copied, so memory follows packets held.
+COMPACT_RATIO = 4
+COMPACT_MIN_BYTES = 1 << 20
 
 
 class WindowBuffer:
@@ -25,7 +33,8 @@ class WindowBuffer:
         self.width_ns = width_ns
         self.lateness_ns = lateness_ns
         self.columns = columns
-        self.pending: list[pa.Table] = []
+        self.windows: dict[int, list[pa.Table]] = {}  # window index -> slices, as arrived
+        self.pending_rows = 0
         self.max_ts: int | None = None
         self.closed_until: int | None = None  # every window starting before this is closed
         self.late = 0
@@ -35,39 +44,62 @@ class WindowBuffer:
     def watermark(self) -> int | None:
         return None if self.max_ts is None else self.max_ts - self.lateness_ns
 
-    @property
-    def pending_rows(self) -> int:
-        return sum(t.num_rows for t in self.pending)
-
     def open_windows(self) -> int:
-        if not self.pending:
-            return 0
-        ts = pa.chunked_array([t.column("ts") for t in self.pending])
-        return len(pc.unique(pc.divide(ts, self.width_ns)))
+        return len(self.windows)
 
-    def add(self, batch: pa.RecordBatch | pa.Table) -> None:
+    def add(self, batch: pa.RecordBatch | pa.Table, *, replay: bool = False) -> int | None:
+        """Take a batch; return the newest time among the packets kept (None: none kept).
+
+        ``replay`` re-adds packets read before a restart: those of closed windows are
+        dropped without counting them late again, and the watermark is not moved.
+        """
         table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
         if self.columns is not None:
             table = table.select(self.columns)
         ts = table.column("ts")
         if ts.null_count:
-            self.untimed += ts.null_count
+            if not replay:
+                self.untimed += ts.null_count
             table = table.filter(pc.is_valid(ts))
             ts = table.column("ts")
         if table.num_rows == 0:
-            return
-        if self.closed_until is not None:
+            return None
+        lo, hi = (s.as_py() for s in pc.min_max(ts).values())
+        if self.closed_until is not None and lo < self.closed_until:
             on_time = pc.greater_equal(ts, self.closed_until)
             kept = pc.sum(on_time).as_py() or 0
-            if kept < table.num_rows:
+            if not replay:
                 self.late += table.num_rows - kept
-                table = table.filter(on_time)
-                if table.num_rows == 0:
-                    return
-                ts = table.column("ts")
-        batch_max = pc.max(ts).as_py()
-        self.max_ts = batch_max if self.max_ts is None else max(self.max_ts, batch_max)
-        self.pending.append(table)
+            if kept == 0:
+                return None
+            table = table.filter(on_time)
+            ts = table.column("ts")
+            lo = pc.min(ts).as_py()
+        if not replay:
+            self.max_ts = hi if self.max_ts is None else max(self.max_ts, hi)
+        self._file(table, ts, lo, hi)
+        return hi
+
+    def _file(self, table: pa.Table, ts: pa.ChunkedArray, lo: int, hi: int) -> None:
+        """Append ``table`` to the windows its packets belong to (one slice per window)."""
+        first, last = lo // self.width_ns, hi // self.width_ns
+        if first == last:
+            self._append(first, table)
+            return
+        index = np.floor_divide(ts.to_numpy(), self.width_ns)
+        order = np.argsort(index, kind="stable")  # arrival order kept within a window
+        ordered = table.take(pa.array(order))
+        bounds = np.searchsorted(index[order], np.arange(first, last + 2))
+        for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+            if b > a:
+                self._append(first + k, ordered.slice(a, b - a))
+
+    def _append(self, window: int, table: pa.Table) -> None:
+        held = table.get_total_buffer_size()
+        if held > COMPACT_MIN_BYTES and held > COMPACT_RATIO * table.nbytes:
+            table = table.take(pa.array(np.arange(table.num_rows)))
+        self.windows.setdefault(window, []).append(table)
+        self.pending_rows += table.num_rows
 
     def close(self) -> pa.Table | None:
         """Packets of the windows the watermark has closed since the last call, or None."""
@@ -78,7 +110,7 @@ class WindowBuffer:
         if self.closed_until is not None and boundary <= self.closed_until:
             return None
         self.closed_until = boundary
-        return self._split(boundary)
+        return self._take_before(boundary)
 
     def flush(self) -> pa.Table | None:
         """Close every window (the input has ended)."""
@@ -86,17 +118,17 @@ class WindowBuffer:
             return None
         boundary = (self.max_ts // self.width_ns + 1) * self.width_ns
         self.closed_until = max(boundary, self.closed_until or boundary)
-        return self._split(boundary)
+        return self._take_before(boundary)
 
-    def _split(self, boundary: int) -> pa.Table | None:
-        if not self.pending:
+    def _take_before(self, boundary: int) -> pa.Table | None:
+        """Remove and return the packets of windows starting before ``boundary``."""
+        closing = sorted(w for w in self.windows if w * self.width_ns < boundary)
+        if not closing:
             return None
-        table = pa.concat_tables(self.pending)
-        closing = pc.less(table.column("ts"), boundary)
-        out = table.filter(closing)
-        rest = table.filter(pc.invert(closing))
-        self.pending = [rest] if rest.num_rows else []
-        return out if out.num_rows else None
+        parts = [part for w in closing for part in self.windows.pop(w)]
+        out = pa.concat_tables(parts)
+        self.pending_rows -= out.num_rows
+        return out
 
     # -- checkpointing ---------------------------------------------------------------
 
@@ -109,7 +141,10 @@ class WindowBuffer:
         self.closed_until = state["closed_until"]
         self.late = state["late"]
         self.untimed = state.get("untimed", 0)
-        self.pending = [pending] if pending is not None and pending.num_rows else []
+        self.windows, self.pending_rows = {}, 0
+        if pending is not None and pending.num_rows:
+            self.add(pending, replay=True)
 
     def pending_table(self) -> pa.Table | None:
-        return pa.concat_tables(self.pending) if self.pending else None
+        parts = [part for w in sorted(self.windows) for part in self.windows[w]]
+        return pa.concat_tables(parts) if parts else None
