@@ -35,13 +35,22 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from netsift.errors import StorageError
+from netsift.schema import PACKET_COLUMNS
 
 MANIFEST = "_manifest.json"
 TMP_DIR = ".tmp"
 LOCK = ".lock"
 NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
 HOUR_NS = 3600 * 1_000_000_000
-PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3, "store_schema": False}
+# Time and record numbers rise packet by packet: delta encoding stores them in about a
+# byte a packet (a fifth of zstd over plain values); every other column is dictionary
+# encoded. Spark, Polars and pyarrow all read DELTA_BINARY_PACKED.
+_DELTA_COLUMNS = ("ts", "record")
+PARQUET_OPTIONS = {
+    "compression": "zstd", "compression_level": 3, "store_schema": False,
+    "use_dictionary": [name for name in PACKET_COLUMNS if name not in _DELTA_COLUMNS],
+    "column_encoding": {name: "DELTA_BINARY_PACKED" for name in _DELTA_COLUMNS},
+}
 
 
 def partition_path(hour: int | None) -> str:
