@@ -7,9 +7,10 @@ to the packets of windows the watermark has closed (streams reject the chained
 aggregations and exact distinct counts used here, and the results must equal batch).
 
 The plan is the one :func:`netsift.features.spec.plan` gives every engine: one grouped
-pass for plain aggregates, and per mode column a (node, window, value) count followed by
-a max over packed (count, value) integers. Windows are integer arithmetic on ``ts``
-(``ts - pmod(ts, window_ns)``), never a timestamp cast, so they equal Polars' exactly.
+pass for plain aggregates, and for the mode columns a (node, window, column, value) count
+followed by a max over packed (count, value) integers, all columns in one pass. Windows
+are integer arithmetic on ``ts`` (``ts - pmod(ts, window_ns)``), never a timestamp cast,
+so they equal Polars' exactly.
 """
 
 from __future__ import annotations
@@ -74,26 +75,37 @@ def _main_expr(feature: fs.Feature, window_seconds: float) -> Column:
     return expr.cast(_SPARK_TYPES[agg in fs.INTEGER_AGGS]).alias(feature.name)
 
 
-def _table(packets: DataFrame, key: list[str], column: str,
-           features: Sequence[fs.Feature]) -> DataFrame:
-    """Per key: the column's distinct count, mode and mode count, from (key, value) counts."""
-    counts = packets.where(F.col(column).isNotNull()) \
-        .groupBy(*key, column).agg(_count_all().alias(_COUNT))
+def _tables(packets: DataFrame, key: list[str], tables: dict[str, Sequence[fs.Feature]]
+            ) -> DataFrame:
+    """Per key: every mode column's distinct count, mode and mode count, in one pass.
+
+    Each packet becomes one (column index, value) row per mode column (``inline`` of an
+    array of structs), so a single (key, column, value) count and a single (key, column)
+    max over packed (count, value) integers serve every column: two shuffles where a
+    table per column would take two each, plus a join each.
+    """
+    columns = list(tables)
+    pairs = F.array(*(F.struct(F.lit(i).alias("_c"), F.col(c).cast("bigint").alias("_v"))
+                      for i, c in enumerate(columns)))
+    values = packets.select(*key, F.inline(pairs)).where(F.col("_v").isNotNull())
+    counts = values.groupBy(*key, "_c", "_v").agg(_count_all().alias(_COUNT))
     packed = F.col(_COUNT).cast("bigint") * F.lit(1 << fs.MODE_VALUE_BITS) \
-        + (F.lit(fs.MODE_VALUE_MASK) - F.col(column).cast("bigint"))
-    top = counts.groupBy(*key).agg(F.max(packed).alias("_best"),
-                                   _count_all().cast("bigint").alias("_distinct"))
-    best = F.col("_best")
+        + (F.lit(fs.MODE_VALUE_MASK) - F.col("_v"))
+    top = counts.groupBy(*key, "_c").agg(F.max(packed).alias("_best"),
+                                         _count_all().cast("bigint").alias("_distinct"))
     outputs = []
-    for f in features:
-        if f.agg == "n_unique":
-            outputs.append(F.col("_distinct").alias(f.name))
-        elif f.agg == "mode":
-            outputs.append((F.lit(fs.MODE_VALUE_MASK) - best.bitwiseAND(fs.MODE_VALUE_MASK))
-                           .alias(f.name))
-        else:  # mode_share: divided by the packet count once joined to the main pass
-            outputs.append(F.shiftright(best, fs.MODE_VALUE_BITS).alias(f.name))
-    return top.select(*key, *outputs)
+    for i, column in enumerate(columns):
+        best = F.max(F.when(F.col("_c") == i, F.col("_best")))
+        distinct = F.max(F.when(F.col("_c") == i, F.col("_distinct")))
+        for f in tables[column]:
+            if f.agg == "n_unique":
+                outputs.append(distinct.alias(f.name))
+            elif f.agg == "mode":
+                outputs.append((F.lit(fs.MODE_VALUE_MASK) - best.bitwiseAND(fs.MODE_VALUE_MASK))
+                               .alias(f.name))
+            else:  # mode_share: divided by the packet count once joined to the main pass
+                outputs.append(F.shiftright(best, fs.MODE_VALUE_BITS).alias(f.name))
+    return top.groupBy(*key).agg(*outputs)
 
 
 def _validated(packets: DataFrame) -> DataFrame:
@@ -125,8 +137,8 @@ def compute(packets: DataFrame, spec: fs.FeatureSpec = fs.FeatureSpec()) -> Data
     key = [spec.node, fs.WINDOW_START]
     result = df.groupBy(*key).agg(_count_all().cast("bigint").alias(_PACKETS),
                                   *(_main_expr(f, spec.window_seconds) for f in plan.main))
-    for column, features in plan.tables.items():
-        result = result.join(_table(df, key, column, features), key, "left")
+    if plan.tables:
+        result = result.join(_tables(df, key, plan.tables), key, "left")
     outputs = []
     for f in spec.features:
         value = F.col(f.name)

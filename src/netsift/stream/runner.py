@@ -3,16 +3,28 @@
 packets (spool files or a live capture) -> WindowBuffer (watermark) -> closed windows ->
 the same feature engine as batch -> optional fitted model -> features/, scores/,
 alerts.jsonl, with a checkpoint after every spool file (see checkpoint.py).
+
+Reading and writing overlap: the main thread reads packets and closes windows; one writer
+thread featurises, scores and writes each closed window and saves the checkpoints, in
+the order they were handed over, so a slow emission never stalls the capture. At most
+``emit_queue`` closed emissions wait for the writer; beyond that reading waits.
+
+The checkpoint does not copy the open windows' packets: it lists the spool files that
+hold them (``replay``), and a restart reads those again, keeping the packets of windows
+still open. A live capture cannot be replayed: its checkpoint is saved after every
+emission, and a graceful stop also stores the open windows' packets.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import signal
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +53,8 @@ class StreamConfig:
     poll_s: float = 0.5
     drain: bool = False  # spool: process what is there, close every window, stop
     batch_rows: int = 256 * 1024
+    emit_queue: int = 2  # closed emissions waiting for the writer before reading waits
+    shards: int | None = None  # featurise in this many threads (default: per core, <= 4)
     status: Callable[[str], None] | None = None  # receives the status line
 
     @property
@@ -54,8 +68,20 @@ class StreamStats:
     emitted: int = 0
     windows: int = 0  # host-windows written
     alerts: int = 0
+    late: int = 0
     failed_files: list[str] = field(default_factory=list)
-    emit_latency_s: list[float] = field(default_factory=list)
+    emit_last_s: float | None = None  # a window's closing -> its outputs written
+    emit_max_s: float = 0.0
+    emit_total_s: float = 0.0
+
+
+@dataclass
+class _Replay:
+    """A spool file that holds packets of open windows."""
+
+    name: str
+    mtime_ns: int
+    max_ts: int  # newest packet taken from it
 
 
 class StreamJob:
@@ -72,7 +98,13 @@ class StreamJob:
         self.outputs = Outputs(config.out)
         self.checkpoint = Checkpoint(config.checkpoint_dir)
         self.stats = StreamStats()
-        self.files_done: set[str] = set()
+        self.files_done: dict[str, int | None] = {}
+        self.replay: list[_Replay] = []
+        self._queued = 0  # emissions handed to the writer (the next one gets _queued + 1)
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netsift-writer")
+        self._inflight: collections.deque[tuple[Future, bool]] = collections.deque()
+        self._emissions_waiting = 0
+        self._capture: LiveCapture | None = None
         self._stop = False
         self._last_status = 0.0
         self._restore()
@@ -92,62 +124,100 @@ class StreamJob:
                 f"{self.config.checkpoint_dir}: checkpoint was made with another window or "
                 "node; use a new --out or --checkpoint directory")
         self.buffer.restore(state["buffer"], pending)
-        self.files_done = set(state["files_done"])
-        self.stats.emitted = emitted
+        done = state["files_done"]
+        self.files_done = dict.fromkeys(done) if isinstance(done, list) else dict(done)
+        self.replay = [_Replay(*entry) for entry in state.get("replay", [])]
+        self._queued = self.stats.emitted = emitted
         self.stats.packets = state["packets"]
         self.stats.windows = state["windows"]
         self.stats.alerts = state["alerts"]
         log.info("resumed from checkpoint: %d emissions, %d files done", emitted,
                  len(self.files_done))
 
-    def _save(self) -> None:
-        self.checkpoint.save({
-            "emitted": self.stats.emitted, "alerts_bytes": self.outputs.alerts_bytes(),
-            "files_done": sorted(self.files_done), "buffer": self.buffer.state(),
-            "window_ns": self.buffer.width_ns, "node": self.config.node,
-            "packets": self.stats.packets, "windows": self.stats.windows,
-            "alerts": self.stats.alerts,
-        }, self.buffer.pending_table())
-
     def stop(self, *_args) -> None:
+        """End the run soon (safe in a signal handler): a live capture is asked to end."""
         self._stop = True
+        if self._capture is not None:
+            self._capture.interrupt()
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
 
-    # -- processing ----------------------------------------------------------------------
+    # -- the writer thread ---------------------------------------------------------------
 
-    def _take(self, batch: pa.RecordBatch) -> None:
-        self.stats.packets += batch.num_rows
-        self.buffer.add(batch)
-        closed = self.buffer.close()
-        if closed is not None:
-            self._emit(closed)
+    def _submit(self, fn: Callable, *args, emission: bool = False) -> None:
+        self._inflight.append((self._writer.submit(fn, *args), emission))
+        self._emissions_waiting += emission
+        self._settle(self.config.emit_queue)
 
-    def _emit(self, packets: pa.Table) -> None:
-        started = time.monotonic()
+    def _settle(self, limit: int | None) -> None:
+        """Collect finished writer tasks, raising their errors; wait while more than
+        ``limit`` emissions are unwritten (``None``: wait for every task)."""
+        while self._inflight:
+            future, emission = self._inflight[0]
+            if not future.done() and limit is not None and self._emissions_waiting <= limit:
+                return
+            self._inflight.popleft()
+            self._emissions_waiting -= emission
+            future.result()
+
+    def _emit(self, seq: int, packets: pa.Table, closed_at: float) -> None:
         features = self.featurize(packets)
         scores, alerts = (None, [])
         if self.score is not None and features.num_rows:
             scores, alerts = self.score(features)
-        seq = self.stats.emitted + 1
         self.outputs.write(seq, features, scores, alerts)
-        self.stats.emitted = seq
-        self.stats.windows += features.num_rows
-        self.stats.alerts += len(alerts)
-        self.stats.emit_latency_s.append(time.monotonic() - started)
+        latency = time.monotonic() - closed_at
+        s = self.stats
+        s.emitted, s.windows, s.alerts = seq, s.windows + features.num_rows, \
+            s.alerts + len(alerts)
+        s.emit_last_s, s.emit_max_s = latency, max(s.emit_max_s, latency)
+        s.emit_total_s += latency
+
+    def _save(self, snapshot: dict, pending: pa.Table | None) -> None:
+        """Runs after every emission handed over before it: their outputs are written."""
+        self.checkpoint.save({
+            **snapshot, "alerts_bytes": self.outputs.alerts_bytes(),
+            "window_ns": self.buffer.width_ns, "node": self.config.node,
+            "windows": self.stats.windows, "alerts": self.stats.alerts,
+        }, pending)
+
+    def _checkpoint(self, pending: pa.Table | None = None) -> None:
+        until = self.buffer.closed_until
+        self.replay = [r for r in self.replay if until is None or r.max_ts >= until]
+        self._submit(self._save, {
+            "emitted": self._queued, "files_done": dict(self.files_done),
+            "replay": [[r.name, r.mtime_ns, r.max_ts] for r in self.replay],
+            "buffer": self.buffer.state(), "packets": self.stats.packets,
+        }, pending)
+
+    # -- processing ----------------------------------------------------------------------
+
+    def _take(self, batch: pa.RecordBatch) -> int | None:
+        """Add a batch; hand over what it closed. The newest packet time kept, or None."""
+        self.stats.packets += batch.num_rows
+        newest = self.buffer.add(batch)
+        closed = self.buffer.close()
+        if closed is not None:
+            self._hand_over(closed)
+        return newest
+
+    def _hand_over(self, packets: pa.Table) -> None:
+        self._queued += 1
+        self._submit(self._emit, self._queued, packets, time.monotonic(), emission=True)
 
     def _status(self, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last_status < 1.0:
             return
         self._last_status = now
+        self.stats.late = self.buffer.late
         self._write_metrics()
         if self.config.status is None:
             return
-        wm = self.buffer.max_ts
-        lag = f"{time.time() - wm / NS:.1f} s" if wm is not None else "-"
+        newest = self.buffer.max_ts
+        lag = f"{time.time() - newest / NS:.1f} s" if newest is not None else "-"
         self.config.status(
             f"{self.stats.packets:,} packets, {self.buffer.open_windows()} windows open, "
             f"{self.stats.windows:,} host-windows out, lag {lag}, {self.stats.alerts} alerts, "
@@ -155,92 +225,154 @@ class StreamJob:
 
     def _write_metrics(self) -> None:
         """Prometheus text exposition in OUT/metrics.prom (node_exporter textfile style)."""
+        s = self.stats
         lines = [
-            f"netsift_stream_packets_total {self.stats.packets}",
+            f"netsift_stream_packets_total {s.packets}",
             f"netsift_stream_late_packets_total {self.buffer.late}",
-            f"netsift_stream_host_windows_total {self.stats.windows}",
-            f"netsift_stream_alerts_total {self.stats.alerts}",
-            f"netsift_stream_emissions_total {self.stats.emitted}",
+            f"netsift_stream_host_windows_total {s.windows}",
+            f"netsift_stream_alerts_total {s.alerts}",
+            f"netsift_stream_emissions_total {s.emitted}",
+            f"netsift_stream_open_windows {self.buffer.open_windows()}",
             f"netsift_stream_open_packets {self.buffer.pending_rows}",
         ]
         if self.buffer.max_ts is not None:
             lines.append(f"netsift_stream_event_time_seconds {self.buffer.max_ts / NS:.3f}")
-        if self.stats.emit_latency_s:
-            lines.append(f"netsift_stream_last_emit_seconds {self.stats.emit_latency_s[-1]:.4f}")
+        if s.emit_last_s is not None:
+            lines += [f"netsift_stream_last_emit_seconds {s.emit_last_s:.4f}",
+                      f"netsift_stream_emit_seconds_max {s.emit_max_s:.4f}",
+                      f"netsift_stream_emit_seconds_sum {s.emit_total_s:.4f}"]
         path = self.config.out / "metrics.prom"
         tmp = path.with_suffix(".tmp")
         tmp.write_text("\n".join(lines) + "\n")
         tmp.replace(path)
 
+    def _finish(self) -> None:
+        """Wait for the writer; raise what failed there."""
+        try:
+            self._settle(None)
+        finally:
+            self._writer.shutdown(wait=True)
+
+    def _replay_files(self, spool: Path) -> None:
+        """After a restart: read again the files that hold packets of open windows."""
+        for entry in self.replay:
+            path = spool / entry.name
+            try:
+                changed = path.stat().st_mtime_ns != entry.mtime_ns
+            except FileNotFoundError:
+                changed = True
+            if changed:
+                log.warning("%s: gone or rewritten since it was read; its packets in open "
+                            "windows are lost", path)
+                continue
+            try:
+                for batch in CaptureReader(path, batch_rows=self.config.batch_rows):
+                    self.buffer.add(batch, replay=True)
+            except CaptureError:
+                pass  # it failed the same way when it was first read
+
     def run_spool(self, spool: Path) -> StreamStats:
+        try:
+            self._replay_files(spool)
+            self._run_spool(spool)
+        finally:
+            self._finish()
+        self._status(force=True)
+        return self.stats
+
+    def _run_spool(self, spool: Path) -> None:
         for path in watch_spool(spool, self.files_done, settle=self.config.settle_s,
                                 poll=self.config.poll_s, drain=self.config.drain,
                                 should_stop=lambda: self._stop):
             if path is None:
+                self._settle(self.config.emit_queue)
                 self._status()
                 continue
+            try:
+                mtime_ns = path.stat().st_mtime_ns
+            except FileNotFoundError:
+                continue  # rotated away before it could be read
             reader = CaptureReader(path, batch_rows=self.config.batch_rows)
+            newest = None
             try:
                 for batch in reader:
-                    self._take(batch)
+                    kept = self._take(batch)
+                    if kept is not None:
+                        newest = kept if newest is None else max(newest, kept)
                     self._status()
                     if self._stop:
                         # Mid-file: the last checkpoint stays authoritative; a restart
                         # rolls back what this file emitted and replays it.
-                        return self.stats
+                        return
             except CaptureError as exc:
                 log.error("%s", exc)
                 self.stats.failed_files.append(str(path))
             for reason, count in reader.stats.skipped.items():
                 log.warning("%s: %d %s", path, count, reason)
-            self.files_done.add(path.name)
-            self._save()
+            self.files_done[path.name] = mtime_ns
+            if newest is not None:
+                self.replay.append(_Replay(path.name, mtime_ns, newest))
+            self._checkpoint()
         if self.config.drain and not self._stop:
             rest = self.buffer.flush()
             if rest is not None:
-                self._emit(rest)
-            self._save()
-        self._status(force=True)
-        return self.stats
+                self._hand_over(rest)
+            self._checkpoint()
 
     def run_interface(self, interface: str, tool: str | None = None,
                       capture_filter: str = "") -> StreamStats:
-        capture = LiveCapture(interface, tool, capture_filter)
+        if self.replay:
+            raise NetsiftError(
+                f"{self.config.checkpoint_dir}: the checkpoint holds open windows of spool "
+                "files; resume with --spool, or use a new --out or --checkpoint directory")
+        capture = self._capture = LiveCapture(interface, tool, capture_filter)
         try:
-            reader = CaptureReader(capture.stdout, name=f"live:{interface}", eager=True,
-                                   batch_rows=self.config.batch_rows)
-            try:
-                for batch in reader:
-                    self._take(batch)
-                    self._status()
-                    if self._stop:
-                        capture.stop()
-            except CaptureError:
-                failure = capture.failure()
-                if failure is not None:
-                    raise failure from None
-                if not self._stop:
-                    raise
-            failure = capture.failure()
-            if failure is not None and not self._stop:
-                raise failure
+            self._read_capture(capture, interface)
         finally:
             capture.stop()
-            self._save()
+            try:
+                self._settle(None)
+                self._checkpoint(self.buffer.pending_table())
+            finally:
+                self._finish()
             self._status(force=True)
         return self.stats
 
+    def _read_capture(self, capture: LiveCapture, interface: str) -> None:
+        reader = CaptureReader(capture.stdout, name=f"live:{interface}", eager=True,
+                               batch_rows=self.config.batch_rows)
+        try:
+            for batch in reader:
+                emitted = self._queued
+                self._take(batch)
+                if self._queued != emitted:
+                    # Nothing to replay a live capture from: record each emission.
+                    self._checkpoint()
+                self._status()
+                if self._stop:
+                    capture.interrupt()
+        except CaptureError:
+            failure = capture.failure(wait=5)
+            if failure is not None:
+                raise failure from None
+            if not self._stop:
+                raise
+        failure = capture.failure(wait=5)
+        if failure is not None and not self._stop:
+            raise failure
 
-def status_printer(stream=sys.stderr) -> Callable[[str], None]:
-    """Overwrite one line on a terminal; otherwise a line every 10 s."""
+
+def status_printer(stream=None, interval: float = 10.0) -> Callable[[str], None]:
+    """Overwrite one line on a terminal; otherwise a line every ``interval`` seconds."""
+    stream = stream or sys.stderr
     tty = stream.isatty()
-    last = [0.0]
+    last = [None]
 
     def show(line: str) -> None:
         if tty:
             stream.write(f"\r\033[Knetsift stream: {line}")
             stream.flush()
-        elif time.monotonic() - last[0] >= 10:
+        elif last[0] is None or time.monotonic() - last[0] >= interval:
             last[0] = time.monotonic()
             stream.write(f"netsift stream: {line}\n")
             stream.flush()
@@ -250,4 +382,4 @@ def status_printer(stream=sys.stderr) -> Callable[[str], None]:
 def summary(stats: StreamStats) -> str:
     return json.dumps({"packets": stats.packets, "emissions": stats.emitted,
                        "host_windows": stats.windows, "alerts": stats.alerts,
-                       "failed_files": stats.failed_files})
+                       "late_packets": stats.late, "failed_files": stats.failed_files})
