@@ -5,11 +5,12 @@ mode column by (node, window, value) for packet counts, from which the mode, its
 and the column's distinct count follow (a max over packed (count, value) integers, which
 keeps the whole query inside what the cudf-polars GPU engine executes).
 
-Nodes are grouped as two big-endian uint64 halves of the 16-byte address: hashing two
-integers is much cheaper than hashing a 16-byte binary view, and the halves compare
-like the bytes. :func:`collect` runs the query one time range of the packet dataset at a
-time (hour partitions, cut at window boundaries), so memory is bounded by the busiest
-range rather than by the dataset.
+Addresses are two big-endian uint64 halves (``src_hi``, ``src_lo``, ...), split on the
+CPU before the query (:func:`prepare`): cudf has no binary type, hashing two integers is
+much cheaper than hashing a 16-byte binary view, and the halves compare like the bytes.
+:func:`collect` runs the query one time range of the packet dataset at a time (hour
+partitions, cut at window boundaries), so memory is bounded by the busiest range rather
+than by the dataset.
 """
 
 from __future__ import annotations
@@ -39,9 +40,57 @@ PacketSource = str | os.PathLike | Sequence[str | os.PathLike] | pa.Table | pl.D
     | pl.LazyFrame
 
 
-def _halves(column: str) -> tuple[pl.Expr, pl.Expr]:
-    pair = pl.col(column).bin.reinterpret(dtype=pl.Array(pl.UInt64, 2), endianness="big")
-    return pair.arr.get(0), pair.arr.get(1)
+ADDRESS_COLUMNS = tuple(f.name for f in PACKET_SCHEMA
+                        if pa.types.is_fixed_size_binary(f.type))
+
+
+def hi(column: str) -> str:
+    return f"{column}_hi"
+
+
+def lo(column: str) -> str:
+    return f"{column}_lo"
+
+
+def prepare(table: pa.Table, columns: Sequence[str] | None = None) -> pl.DataFrame:
+    """Packets as the query reads them: ``columns`` (default all) with every address
+    column replaced by its ``_hi`` / ``_lo`` uint64 halves (null where the address is)."""
+    from netsift.features.kernel import _array, _halves, _valid
+
+    columns = list(columns or table.column_names)
+    out = {}
+    for name in columns:
+        if name in ADDRESS_COLUMNS:
+            array = _array(table.column(name))
+            valid = _valid(array)
+            mask = None if valid.all() else ~valid
+            high, low = _halves(array)
+            out[hi(name)] = pa.array(high, pa.uint64(), mask=mask)
+            out[lo(name)] = pa.array(low, pa.uint64(), mask=mask)
+        else:
+            out[name] = table.column(name)
+    return pl.from_arrow(pa.table(out))
+
+
+def _split_in_polars(packets: pl.LazyFrame) -> pl.LazyFrame:
+    """:func:`prepare` as Polars expressions, for frames given with binary addresses (CPU
+    only: cudf-polars has no binary type)."""
+    names = packets.collect_schema().names()
+    split = []
+    for name in ADDRESS_COLUMNS:
+        if name in names:
+            pair = pl.col(name).bin.reinterpret(dtype=pl.Array(pl.UInt64, 2), endianness="big")
+            split += [pair.arr.get(0).alias(hi(name)), pair.arr.get(1).alias(lo(name))]
+    return packets.with_columns(split).drop([n for n in ADDRESS_COLUMNS if n in names]) \
+        if split else packets
+
+
+def _columns(spec: fs.FeatureSpec) -> list[str]:
+    """The spec's input columns as the query reads them (addresses split)."""
+    out = []
+    for name in spec.input_columns():
+        out += [hi(name), lo(name)] if name in ADDRESS_COLUMNS else [name]
+    return out
 
 
 def predicate(where: fs.Predicate) -> pl.Expr:
@@ -70,8 +119,8 @@ def _main_expr(feature: fs.Feature, window_seconds: float) -> pl.Expr:
         expr = column.min()
     elif agg == "max":
         expr = column.max()
-    elif agg == "n_unique":
-        expr = column.drop_nulls().n_unique()
+    elif agg == "n_unique":  # null is no value: count it out where it occurs
+        expr = column.n_unique() - (column.null_count() > 0).cast(pl.UInt32)
     elif agg == "share":
         expr = predicate(feature.where).sum().cast(pl.Float64) / pl.len().cast(pl.Float64)
     elif agg == "rate":
@@ -122,26 +171,42 @@ def _table(packets: pl.LazyFrame, key: list[str], key_bits: int | None, column: 
 
 def _validated(packets: pl.LazyFrame) -> pl.LazyFrame:
     """Packets whose source completed a handshake as initiator in the packet's window."""
-    conn = ["window_start", "src", "sport", "dst", "dport"]
+    src, dst = [hi("src"), lo("src")], [hi("dst"), lo("dst")]
+    conn = [fs.WINDOW_START, *src, "sport", *dst, "dport"]
     tcp = packets.filter(pl.col("tcp_flags").is_not_null())
     syn = tcp.filter(predicate(fs.SYN_ONLY)).group_by(conn).agg(pl.col("ts").min().alias("_syn"))
     ack = tcp.filter(predicate(fs.ACK_ONLY)).group_by(conn).agg(pl.col("ts").max().alias("_ack"))
     # A SYN-ACK travels responder -> initiator: swap ends to key it by the initiator.
     synack = tcp.filter(predicate(fs.SYN_ACK)).select(
-        "window_start", "ts", src="dst", sport="dport", dst="src", dport="sport",
+        fs.WINDOW_START, "ts", *(pl.col(d).alias(s) for s, d in zip(src, dst, strict=True)),
+        *(pl.col(s).alias(d) for s, d in zip(src, dst, strict=True)),
+        sport="dport", dport="sport",
     ).group_by(conn).agg(pl.col("ts").min().alias("_synack"))
     done = syn.join(synack, on=conn).join(ack, on=conn) \
         .filter((pl.col("_syn") <= pl.col("_synack")) & (pl.col("_synack") <= pl.col("_ack"))) \
-        .select("window_start", "src").unique()
-    return packets.join(done, on=["window_start", "src"], how="semi")
+        .select(fs.WINDOW_START, *src).unique()
+    return packets.join(done, on=[fs.WINDOW_START, *src], how="semi")
+
+
+def _wide_distinct(packets: pl.LazyFrame, key: list[str], column: str,
+                   features: Sequence[fs.Feature]) -> pl.LazyFrame:
+    """Per key: distinct non-null addresses of ``column``, from (key, hi, lo) groups."""
+    pairs = packets.filter(pl.col(hi(column)).is_not_null()) \
+        .group_by([*key, hi(column), lo(column)]).agg()
+    counted = pairs.group_by(key).agg(pl.len().cast(pl.Int64).alias("_distinct"))
+    return counted.select(*key, *(pl.col("_distinct").alias(f.name) for f in features))
 
 
 def _aggregate(lf: pl.LazyFrame, key: list[str], spec: fs.FeatureSpec,
                key_bits: int | None = None) -> pl.LazyFrame:
     plan = fs.plan(spec)
+    wide = [f for f in plan.main if f.column in ADDRESS_COLUMNS]
     result = lf.group_by(key).agg(
         pl.len().cast(pl.Int64).alias("_packets"),
-        *(_main_expr(f, spec.window_seconds) for f in plan.main))
+        *(_main_expr(f, spec.window_seconds) for f in plan.main if f not in wide))
+    for column in dict.fromkeys(f.column for f in wide):
+        table = _wide_distinct(lf, key, column, [f for f in wide if f.column == column])
+        result = result.join(table, on=key, how="left")
     for column, features in plan.tables.items():
         table = _table(lf, key, key_bits, column, features)
         result = result.join(table, on=key, how="left")
@@ -177,13 +242,12 @@ def compute(packets: pl.LazyFrame, spec: fs.FeatureSpec = fs.FeatureSpec(),
     table (node as 16 bytes, sorted by window then node).
     """
     width = spec.window_ns
-    lf = packets.select(spec.input_columns()) \
-        .filter(pl.col("ts").is_not_null() & pl.col(spec.node).is_not_null()) \
+    lf = _split_in_polars(packets).select(_columns(spec)) \
+        .filter(pl.col("ts").is_not_null() & pl.col(hi(spec.node)).is_not_null()) \
         .with_columns(((pl.col("ts") // width) * width).alias(fs.WINDOW_START))
     if spec.validated_only:
         lf = _validated(lf)
-    hi, lo = _halves(spec.node)
-    lf = lf.with_columns(hi.alias(_HI), lo.alias(_LO))
+    lf = lf.with_columns(pl.col(hi(spec.node)).alias(_HI), pl.col(lo(spec.node)).alias(_LO))
     window_bits = max(1, (windows - 1).bit_length()) if windows else 0
     if first_window is None or not 0 < window_bits <= 64 - _ADDRESS_BITS:
         return _aggregate(lf, _KEY, spec)
@@ -288,10 +352,6 @@ def chunks(files: Sequence[str], window_ns: int, hours_per_chunk: int = 1) -> li
     return result
 
 
-def _scan(files: Sequence[str], spec: fs.FeatureSpec) -> pl.LazyFrame:
-    return pl.scan_parquet(list(files), hive_partitioning=False)
-
-
 #: ``engine`` value that runs the compiled kernel (:mod:`netsift.features.kernel`); any
 #: other value is a Polars collect engine for the lazy query ("streaming", "in-memory",
 #: or a ``pl.GPUEngine``).
@@ -313,9 +373,10 @@ def _kernel(table: pa.Table, spec: fs.FeatureSpec) -> pa.Table:
     table = _kernel_input(table, spec)
     if spec.validated_only:
         width = spec.window_ns
-        frame = pl.from_arrow(table).lazy().with_columns(
-            ((pl.col("ts") // width) * width).alias(fs.WINDOW_START))
-        table = _validated(frame).drop(fs.WINDOW_START).collect().to_arrow()
+        frame = prepare(table, fs.HANDSHAKE_COLUMNS).lazy().with_row_index("_row") \
+            .with_columns(((pl.col("ts") // width) * width).alias(fs.WINDOW_START))
+        rows = _validated(frame).select("_row").collect().to_series().sort()
+        table = table.take(rows.to_arrow())
     return kernel.evaluate(table, spec)
 
 
@@ -339,9 +400,8 @@ def _device_engine(engine, spec: fs.FeatureSpec, device: str):
         return engine
     from netsift.platform import gpu
 
-    empty = pl.from_arrow(PACKET_SCHEMA.empty_table()).lazy()
-    return gpu.engine_for(compute(empty, spec), device, engine,
-                          empty.select(spec.input_columns()).collect_schema())
+    empty = prepare(PACKET_SCHEMA.empty_table(), spec.input_columns()).lazy()
+    return gpu.engine_for(compute(empty, spec), device, engine, empty.collect_schema())
 
 
 def batches(source: PacketSource, spec: fs.FeatureSpec = fs.FeatureSpec(),
@@ -358,8 +418,9 @@ def batches(source: PacketSource, spec: fs.FeatureSpec = fs.FeatureSpec(),
                 source.collect() if isinstance(source, pl.LazyFrame) else source).to_arrow()
             yield _kernel(table, spec)
             return
-        frame = source if isinstance(source, pl.LazyFrame) else pl.from_arrow(source).lazy() \
-            if isinstance(source, pa.Table) else source.lazy()
+        table = source if isinstance(source, pa.Table) else (
+            source.collect() if isinstance(source, pl.LazyFrame) else source).to_arrow()
+        frame = prepare(table, spec.input_columns()).lazy()
         bounds = frame.select(pl.col("ts").min().alias("first"),
                               pl.col("ts").max().alias("last")).collect()
         first, last = bounds.row(0)
@@ -374,9 +435,7 @@ def batches(source: PacketSource, spec: fs.FeatureSpec = fs.FeatureSpec(),
         if engine == KERNEL:
             yield _kernel(_read_chunk(chunk, spec), spec)
             continue
-        lf = _scan(chunk.files, spec)
-        if chunk.start is not None:
-            lf = lf.filter((pl.col("ts") >= chunk.start) & (pl.col("ts") < chunk.end))
+        lf = prepare(_read_chunk(chunk, spec), spec.input_columns()).lazy()
         first_window = windows = None
         if chunk.start is not None:
             first_window = chunk.start // spec.window_ns
