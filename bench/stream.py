@@ -251,7 +251,7 @@ def run_job(engine: str, spool: str, out: str, window: str, lateness: str, maste
 class Sample:
     t: float  # wall clock
     lag: float | None  # wall clock minus the newest event time the job has seen
-    rss: int  # job process tree
+    rss: int  # job process tree, peak over the second
     job_cpu: float  # percent of one core, job process tree
     machine_cpu: float  # percent of all cores
     load: float  # 1-minute load average
@@ -413,7 +413,11 @@ def session(engine: str, schedule: list[int], step_s: float, args, workdir: Path
         for i, step in enumerate(steps):
             step_end = start + (i + 1) * step_s
             while time.time() < step_end:
-                time.sleep(max(0.0, min(1.0, step_end - time.time())))
+                # RSS five times a second, so the peak of a short emission is seen.
+                rss, tick = 0, time.time() + min(1.0, max(0.0, step_end - time.time()))
+                while time.time() < tick:
+                    time.sleep(max(0.0, min(0.2, tick - time.time())))
+                    rss = max(rss, _rss(root))
                 if job.poll() is not None:
                     raise RuntimeError(f"the stream job exited {job.returncode}: see "
                                        f"{workdir / 'job.log'}")
@@ -421,7 +425,7 @@ def session(engine: str, schedule: list[int], step_s: float, args, workdir: Path
                 now = time.time()
                 event = metrics.get("netsift_stream_event_time_seconds")
                 step.samples.append(Sample(
-                    t=now, lag=None if event is None else now - event, rss=_rss(root),
+                    t=now, lag=None if event is None else now - event, rss=rss,
                     job_cpu=job_cpu(), machine_cpu=psutil.cpu_percent(),
                     load=os.getloadavg()[0],
                     packets=int(metrics.get("netsift_stream_packets_total", 0)),

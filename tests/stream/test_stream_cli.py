@@ -182,3 +182,48 @@ def test_no_capture_privilege_is_one_line(tool):
     assert done.returncode == 1, err
     assert re.fullmatch(rf"netsift: error: {tool}: no capture privilege \(.+\); run as "
                         rf"root or grant CAP_NET_RAW,CAP_NET_ADMIN to {tool}\n", err), err
+
+
+@pytest.mark.parametrize("shards", [2, 3])
+def test_featurising_in_node_shards_equals_one_call(lab, shards, monkeypatch):
+    """The stream featurises a closed window in node shards, in parallel: same rows."""
+    from netsift.stream import job
+    from netsift.stream.windows import WindowBuffer
+
+    monkeypatch.setattr(job, "SHARD_MIN_ROWS", 0)
+    spec = FeatureSpec(window_ns=10_000_000_000)
+    packets = netsift.read_table(lab["capture"])
+    want = compute_features(packets, spec)  # also starts numba's threading layer
+    if not job._threadsafe_kernels():
+        pytest.skip("numba's threading layer runs one parallel kernel at a time")
+    buffer = WindowBuffer(spec.window_ns, 0, spec.input_columns(), shard_key=spec.node,
+                          shards=shards)
+    for batch in packets.to_batches(max_chunksize=7000):
+        buffer.add(batch)
+    parts = buffer.flush_shards()
+    assert len(parts) == shards
+    got = job.sharded(lambda t: compute_features(t, spec), shards)(parts)
+    assert got.equals(want)
+
+
+def test_spool_names_reused_by_a_ring_buffer_are_new_files(tmp_path):
+    """``tcpdump -C -W``/``-G -W`` rings rewrite old names: a name seen again with another
+    modification time is read again; names gone from the spool are forgotten."""
+    from netsift.stream.sources import completed_files
+
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    ring = [spool / "ring.pcap0", spool / "ring.pcap1"]
+    for i, path in enumerate(ring):
+        path.write_bytes(b"x")
+        os.utime(path, ns=(10**18 + i, 10**18 + i))
+    done = {}
+    for path in completed_files(spool, done, settle=3600, drain=True, prune=True):
+        done[path.name] = path.stat().st_mtime_ns
+    assert sorted(done) == ["ring.pcap0", "ring.pcap1"]
+    (spool / "gone.pcap").write_bytes(b"x")
+    done["gone.pcap"] = (spool / "gone.pcap").stat().st_mtime_ns
+    (spool / "gone.pcap").unlink()
+    os.utime(ring[0], ns=(10**18 + 5, 10**18 + 5))  # the ring came round: rewritten
+    assert completed_files(spool, done, settle=3600, drain=True, prune=True) == [ring[0]]
+    assert "gone.pcap" not in done

@@ -42,7 +42,7 @@ _EMPTY = np.int64(-1)
 class Program:
     """A spec as arrays the kernel reads.
 
-    Narrow columns (unsigned, at most 32 bits) are one int64 matrix, a row per packet,
+    Narrow columns (unsigned, at most 32 bits) are one int64 matrix, a row per column,
     with NULL for null; wide columns (addresses) are (hi, lo) uint64 pairs and only feed
     ``n_unique``. Per narrow column the kernel computes, once per group, what the
     features need: ``stat_of_slot`` (distinct count and mode) and ``numeric_of_slot``
@@ -204,11 +204,12 @@ def _rank_order(found_hi, found_lo, count):
 
 
 @nb.njit(**_OPTS)
-def _assign_nodes(order, lo_i, hi_i, node_hi, node_lo, local, keys_hi, keys_lo):
-    """Dense node ids for packets ``order[lo_i:hi_i]``, then renumbered in (hi, lo) order.
+def _assign_nodes(order, lo_i, hi_i, node_raw, local, first):
+    """Dense node ids for packets ``order[lo_i:hi_i]``, then renumbered in address order.
 
-    Writes each packet's node rank into ``local`` (by position in ``order``) and the
-    sorted node addresses into ``keys_hi/keys_lo[lo_i:lo_i + nodes]``; returns nodes.
+    ``node_raw`` holds each packet's address as two big-endian uint64 words. Writes each
+    packet's node rank into ``local`` (by position in ``order``) and, for rank ``r``, the
+    index of a packet of that node into ``first[lo_i + r]``; returns the number of nodes.
     """
     capacity = 64
     while capacity < 2 * min(hi_i - lo_i, 4096):
@@ -216,17 +217,17 @@ def _assign_nodes(order, lo_i, hi_i, node_hi, node_lo, local, keys_hi, keys_lo):
     table = np.full(capacity, _EMPTY, np.int64)
     found_hi = np.empty(capacity // 2 + 1, np.uint64)
     found_lo = np.empty(capacity // 2 + 1, np.uint64)
+    found_at = np.empty(capacity // 2 + 1, np.int64)
     count = 0
     for p in range(lo_i, hi_i):
         i = order[p]
-        h, low_half = node_hi[i], node_lo[i]
-        mask = np.uint64(capacity - 1)
-        slot = np.int64(_mix(h, low_half) & mask)
+        h, low_half = _byteswap(node_raw[2 * i]), _byteswap(node_raw[2 * i + 1])
+        slot = np.int64(_mix(h, low_half) & np.uint64(capacity - 1))
         while True:
             entry = table[slot]
             if entry == _EMPTY:
                 table[slot] = count
-                found_hi[count], found_lo[count] = h, low_half
+                found_hi[count], found_lo[count], found_at[count] = h, low_half, i
                 local[p] = count
                 count += 1
                 break
@@ -239,33 +240,33 @@ def _assign_nodes(order, lo_i, hi_i, node_hi, node_lo, local, keys_hi, keys_lo):
             table = np.full(capacity, _EMPTY, np.int64)
             bigger_hi = np.empty(capacity // 2 + 1, np.uint64)
             bigger_lo = np.empty(capacity // 2 + 1, np.uint64)
+            bigger_at = np.empty(capacity // 2 + 1, np.int64)
             bigger_hi[:count] = found_hi[:count]
             bigger_lo[:count] = found_lo[:count]
-            found_hi, found_lo = bigger_hi, bigger_lo
+            bigger_at[:count] = found_at[:count]
+            found_hi, found_lo, found_at = bigger_hi, bigger_lo, bigger_at
             for e in range(count):
                 s = np.int64(_mix(found_hi[e], found_lo[e]) & np.uint64(capacity - 1))
                 while table[s] != _EMPTY:
                     s = (s + 1) & (capacity - 1)
                 table[s] = e
     rank_order = _rank_order(found_hi, found_lo, count)
-    rank = np.empty(count, np.int64)
+    rank = np.empty(count, np.int32)
     for r in range(count):
         rank[rank_order[r]] = r
-        keys_hi[lo_i + r] = found_hi[rank_order[r]]
-        keys_lo[lo_i + r] = found_lo[rank_order[r]]
+        first[lo_i + r] = found_at[rank_order[r]]
     for p in range(lo_i, hi_i):
         local[p] = rank[local[p]]
     return count
 
 
 @nb.njit(parallel=True, **_OPTS)
-def _nodes_per_window(order, starts, node_hi, node_lo, local, keys_hi, keys_lo):
+def _nodes_per_window(order, starts, node_raw, local, first):
     n_windows = starts.shape[0] - 1
     nodes = np.zeros(n_windows, np.int64)
     for w in nb.prange(n_windows):
         if starts[w + 1] > starts[w]:
-            nodes[w] = _assign_nodes(order, starts[w], starts[w + 1], node_hi, node_lo,
-                                     local, keys_hi, keys_lo)
+            nodes[w] = _assign_nodes(order, starts[w], starts[w + 1], node_raw, local, first)
     return nodes
 
 
@@ -404,14 +405,15 @@ def _predicate(kind, value, pset, pclear, pvalues):
 
 
 @nb.njit(parallel=True, **_OPTS)
-def _evaluate(order, starts, local, nodes, row_offsets, narrow, wide_hi, wide_lo, wide_valid,
-              opcode, slot, is_wide, out_index, pred_kind, pred_slot, pred_set, pred_clear,
-              pred_values, stat_of_slot, numeric_of_slot, std_of_slot, n_stats, n_numeric,
+def _evaluate(order, starts, local, nodes, row_offsets, values, bitmaps, has_nulls, wide_raw,
+              wide_bitmaps, wide_has_nulls, opcode, slot, is_wide, out_index, pred_kind,
+              pred_slot, pred_set, pred_clear, pred_values, stat_of_slot, numeric_of_slot,
+              std_of_slot, n_stats, n_numeric,
               domain, window_seconds, ints, int_valid, floats, float_valid):
     n_windows = starts.shape[0] - 1
     n_features = opcode.shape[0]
-    n_narrow = narrow.shape[1]
-    n_wide = wide_hi.shape[0]
+    n_narrow = values.shape[0]
+    n_wide = wide_raw.shape[0]
     big = np.iinfo(np.int64).max
     n_shares = 0
     for f in range(n_features):
@@ -449,17 +451,21 @@ def _evaluate(order, starts, local, nodes, row_offsets, narrow, wide_hi, wide_lo
             fill[r] += 1
             i = order[p]
             for c in range(n_narrow):
-                rows[j, c] = narrow[i, c]
+                if has_nulls[c] and not (bitmaps[c, i >> 3] >> (i & 7)) & 1:
+                    rows[j, c] = NULL
+                else:
+                    rows[j, c] = values[c, i]
             bits = np.uint64(0)
             for t in range(n_shares):
                 f = shares[t]
-                if _predicate(pred_kind[f], narrow[i, pred_slot[f]], pred_set[f],
+                if _predicate(pred_kind[f], rows[j, pred_slot[f]], pred_set[f],
                               pred_clear[f], pred_values[f]):
                     bits |= np.uint64(1) << np.uint64(t)
             hits_of[j] = bits
             for c in range(n_wide):
-                w_hi[c, j], w_lo[c, j], w_ok[c, j] = wide_hi[c, i], wide_lo[c, i], \
-                    wide_valid[c, i]
+                w_hi[c, j] = _byteswap(wide_raw[c, 2 * i])
+                w_lo[c, j] = _byteswap(wide_raw[c, 2 * i + 1])
+                w_ok[c, j] = not wide_has_nulls[c] or (wide_bitmaps[c, i >> 3] >> (i & 7)) & 1
         largest = 1
         for r in range(k):
             largest = max(largest, group_start[r + 1] - group_start[r])
@@ -522,72 +528,50 @@ def _evaluate(order, starts, local, nodes, row_offsets, narrow, wide_hi, wide_lo
             for f in range(n_features):
                 op, c, out = opcode[f], slot[f], out_index[f]
                 if op == COUNT:
-                    ints[row, out] = n
+                    ints[out, row] = n
                 elif op == RATE:
-                    floats[row, out] = n / window_seconds
+                    floats[out, row] = n / window_seconds
                 elif op == SHARE:
-                    floats[row, out] = hits[share_index[f]] / n
+                    floats[out, row] = hits[share_index[f]] / n
                 elif op == NUNIQUE and is_wide[f]:
-                    ints[row, out] = _wide_distinct(w_hi[c], w_lo[c], w_ok[c], a, b,
+                    ints[out, row] = _wide_distinct(w_hi[c], w_lo[c], w_ok[c], a, b,
                                                     buffer_lo, buffer_hi)
                 elif op == NUNIQUE:
-                    ints[row, out] = distinct[stat_of_slot[c]]
+                    ints[out, row] = distinct[stat_of_slot[c]]
                 elif op == MODE or op == MODE_SHARE:
                     s = stat_of_slot[c]
                     if mode_count[s] == 0:
                         if op == MODE:
-                            int_valid[row, out] = False
+                            int_valid[out, row] = False
                         else:
-                            float_valid[row, out] = False
+                            float_valid[out, row] = False
                     elif op == MODE:
-                        ints[row, out] = mode_value[s]
+                        ints[out, row] = mode_value[s]
                     else:
-                        floats[row, out] = mode_count[s] / n
+                        floats[out, row] = mode_count[s] / n
                 else:  # SUM, MEAN, STD, MIN, MAX over non-null values
                     q = numeric_of_slot[c]
                     if op == SUM:
-                        ints[row, out] = total[q]
+                        ints[out, row] = total[q]
                     elif present[q] == 0 or (op == STD and present[q] < 2):
                         if op == MIN or op == MAX:
-                            int_valid[row, out] = False
+                            int_valid[out, row] = False
                         else:
-                            float_valid[row, out] = False
+                            float_valid[out, row] = False
                     elif op == MIN:
-                        ints[row, out] = low[q]
+                        ints[out, row] = low[q]
                     elif op == MAX:
-                        ints[row, out] = high[q]
+                        ints[out, row] = high[q]
                     elif op == MEAN:
-                        floats[row, out] = total[q] / present[q]
+                        floats[out, row] = total[q] / present[q]
                     else:
-                        floats[row, out] = np.sqrt(squares[q] / (present[q] - 1))
+                        floats[out, row] = np.sqrt(squares[q] / (present[q] - 1))
 
 
 @nb.njit(parallel=True, **_OPTS)
-def _widen(values, bitmap, bit_offset, out, c):
-    """Column ``c`` of ``out`` from Arrow values and validity bitmap (empty: no nulls)."""
-    has_nulls = bitmap.shape[0] > 0
-    for i in nb.prange(values.shape[0]):
-        if has_nulls:
-            bit = i + bit_offset
-            if not (bitmap[bit >> 3] >> (bit & 7)) & 1:
-                out[i, c] = NULL
-                continue
-        out[i, c] = values[i]
-
-
-@nb.njit(parallel=True, **_OPTS)
-def _bits(bitmap, bit_offset, n, out):
-    for i in nb.prange(n):
-        bit = i + bit_offset
-        out[i] = (bitmap[bit >> 3] >> (bit & 7)) & 1
-
-
-@nb.njit(parallel=True, **_OPTS)
-def _split_halves(raw, hi, lo):
-    """Big-endian 16-byte values (as native uint64 pairs) -> native hi and lo halves."""
-    for i in nb.prange(hi.shape[0]):
-        hi[i] = _byteswap(raw[2 * i])
-        lo[i] = _byteswap(raw[2 * i + 1])
+def _to_uint32(source, out):
+    for i in nb.prange(source.shape[0]):
+        out[i] = source[i]
 
 
 @nb.njit(**_OPTS)
@@ -599,28 +583,42 @@ def _byteswap(x):
     return (x << np.uint64(32)) | (x >> np.uint64(32))
 
 
+@nb.njit(parallel=True, **_OPTS)
+def _split_halves(raw, hi, lo):
+    """Big-endian 16-byte values (as native uint64 pairs) -> native hi and lo halves."""
+    for i in nb.prange(hi.shape[0]):
+        hi[i] = _byteswap(raw[2 * i])
+        lo[i] = _byteswap(raw[2 * i + 1])
+
+
 # -- Arrow in, Arrow out -------------------------------------------------------------------
 
-_NO_BITMAP = np.zeros(0, np.uint8)
-
-
 def _array(column) -> pa.Array:
-    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if isinstance(column, pa.ChunkedArray):
+        return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+    return column
 
 
-def _bitmap(array: pa.Array) -> np.ndarray:
-    """The validity bitmap bytes, or an empty array when there are no nulls."""
+def _bitmap_bytes(array: pa.Array, n_bytes: int) -> np.ndarray | None:
+    """The validity bitmap with bit ``i`` for row ``i`` (None: no nulls)."""
     if array.null_count == 0 or array.buffers()[0] is None:
-        return _NO_BITMAP
-    return np.frombuffer(array.buffers()[0], np.uint8)
+        return None
+    if array.offset % 8 == 0:
+        raw = np.frombuffer(array.buffers()[0], np.uint8)[array.offset // 8:]
+        out = np.zeros(n_bytes, np.uint8)
+        out[:min(n_bytes, raw.size)] = raw[:n_bytes]
+        return out
+    bits = array.is_valid().to_numpy(zero_copy_only=False)
+    out = np.zeros(n_bytes, np.uint8)
+    packed = np.packbits(bits, bitorder="little")
+    out[:packed.size] = packed
+    return out
 
 
 def _valid(array: pa.Array) -> np.ndarray:
-    bitmap = _bitmap(array)
-    out = np.ones(len(array), np.bool_)
-    if bitmap.size:
-        _bits(bitmap, array.offset, len(array), out.view(np.uint8))
-    return out
+    if array.null_count == 0:
+        return np.ones(len(array), np.bool_)
+    return np.asarray(array.is_valid().to_numpy(zero_copy_only=False), np.bool_)
 
 
 def _primitive(array: pa.Array) -> np.ndarray:
@@ -630,18 +628,26 @@ def _primitive(array: pa.Array) -> np.ndarray:
         array.offset:]
 
 
-def _halves(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """A 16-byte address column as (hi, lo) uint64 halves (values under nulls: arbitrary)."""
+def _words(array: pa.Array) -> np.ndarray:
+    """A 16-byte address column as 2 big-endian uint64 words a row, without copying where
+    the values are one aligned block (values under nulls: arbitrary)."""
     if pa.types.is_fixed_size_binary(array.type):
-        raw = np.frombuffer(array.buffers()[1], np.uint64,
-                            count=2 * (array.offset + len(array)))[2 * array.offset:]
-    else:  # variable binary (Polars, Spark): contiguous when every value has 16 bytes
+        data = np.frombuffer(array.buffers()[1], np.uint8)[16 * array.offset:
+                                                          16 * (array.offset + len(array))]
+    else:  # variable binary (Polars, Spark): one block when every value has 16 bytes
         offsets = np.frombuffer(array.buffers()[1], np.int64 if pa.types.is_large_binary(
             array.type) else np.int32, count=array.offset + len(array) + 1)[array.offset:]
         if array.null_count or not (np.diff(offsets) == 16).all():
-            return _halves(array.cast(pa.binary(16)))
+            return _words(array.cast(pa.binary(16)))
         data = np.frombuffer(array.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]
-        raw = np.ascontiguousarray(data).view(np.uint64)
+    if data.ctypes.data % 8:
+        data = data.copy()
+    return data.view(np.uint64)
+
+
+def _halves(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A 16-byte address column as (hi, lo) uint64 halves (values under nulls: arbitrary)."""
+    raw = _words(array)
     hi, lo = np.empty(len(array), np.uint64), np.empty(len(array), np.uint64)
     if np.little_endian:
         _split_halves(raw, hi, lo)
@@ -656,6 +662,10 @@ def evaluate(packets: pa.Table, spec: fs.FeatureSpec) -> pa.Table:
     ``packets`` holds at least ``spec.input_columns()``; address columns may be
     fixed-size or variable binary of 16 bytes.
     """
+    import pyarrow.compute as pc
+
+    if not np.little_endian:
+        raise NotImplementedError("the feature kernel reads addresses as little-endian words")
     program = compile_spec(spec)
     n = packets.num_rows
     if n == 0:
@@ -672,57 +682,71 @@ def evaluate(packets: pa.Table, spec: fs.FeatureSpec) -> pa.Table:
         n_windows = len(occupied)
     else:
         window_index = np.arange(n_windows, dtype=np.int64) + first_window
-    node_hi, node_lo = _halves(_array(packets.column(spec.node)))
-    narrow = np.empty((n, max(1, len(program.narrow))), np.int64)
+    node_raw = _words(_array(packets.column(spec.node)))
+
+    n_bytes = (n + 7) // 8
+    n_narrow = max(1, len(program.narrow))
+    values = np.zeros((n_narrow, n), np.uint32)
+    bitmaps = np.zeros((n_narrow, n_bytes if program.narrow else 1), np.uint8)
+    has_nulls = np.zeros(n_narrow, np.bool_)
+    domain = np.zeros(n_narrow, np.int64)
     for c, name in enumerate(program.narrow):
         array = _array(packets.column(name))
-        _widen(_primitive(array), _bitmap(array), array.offset, narrow, c)
-    wide_hi = np.zeros((max(1, len(program.wide)), n), np.uint64)
-    wide_lo = np.zeros_like(wide_hi)
-    wide_valid = np.zeros((max(1, len(program.wide)), n), np.bool_)
+        _to_uint32(_primitive(array), values[c])
+        bitmap = _bitmap_bytes(array, n_bytes)
+        if bitmap is not None:
+            bitmaps[c], has_nulls[c] = bitmap, True
+        if program.stat_of_slot[c] >= 0:
+            top = pc.max(array).as_py()
+            domain[c] = 0 if top is None or top >= _MAX_DOMAIN else top + 1
+    n_wide = max(1, len(program.wide))
+    wide_raw = np.zeros((n_wide, 2 * n), np.uint64) if len(program.wide) != 1 else None
+    wide_bitmaps = np.zeros((n_wide, n_bytes), np.uint8)
+    wide_has_nulls = np.zeros(n_wide, np.bool_)
     for c, name in enumerate(program.wide):
         array = _array(packets.column(name))
-        wide_hi[c], wide_lo[c] = _halves(array)
-        wide_valid[c] = _valid(array)
+        words = _words(array)
+        if wide_raw is None:
+            wide_raw = words.reshape(1, -1)  # the usual single address column: no copy
+        else:
+            wide_raw[c] = words
+        bitmap = _bitmap_bytes(array, n_bytes)
+        if bitmap is not None:
+            wide_bitmaps[c], wide_has_nulls[c] = bitmap, True
 
-    domain = np.zeros(narrow.shape[1], np.int64)
-    for c in range(len(program.narrow)):
-        if program.stat_of_slot[c] >= 0:
-            top = int(narrow[:, c].max())
-            domain[c] = top + 1 if top < _MAX_DOMAIN else 0
     order, starts = _window_order(window, n_windows)
-    local = np.empty(n, np.int64)
-    keys_hi, keys_lo = np.empty(n, np.uint64), np.empty(n, np.uint64)
-    nodes = _nodes_per_window(order, starts, node_hi, node_lo, local, keys_hi, keys_lo)
+    del window
+    local = np.empty(n, np.int32)
+    first = np.empty(n, np.int64)
+    nodes = _nodes_per_window(order, starts, node_raw, local, first)
     row_offsets = np.zeros(n_windows + 1, np.int64)
     np.cumsum(nodes, out=row_offsets[1:])
     rows = int(row_offsets[-1])
-    ints = np.zeros((rows, max(1, program.n_int)), np.int64)
-    floats = np.zeros((rows, max(1, program.n_float)), np.float64)
+    # One row per output column: each feature comes out contiguous.
+    ints = np.zeros((max(1, program.n_int), rows), np.int64)
+    floats = np.zeros((max(1, program.n_float), rows), np.float64)
     int_valid = np.ones(ints.shape, np.bool_)
     float_valid = np.ones(floats.shape, np.bool_)
-    _evaluate(order, starts, local, nodes, row_offsets, narrow, wide_hi, wide_lo, wide_valid,
+    _evaluate(order, starts, local, nodes, row_offsets, values, bitmaps, has_nulls, wide_raw,
+              wide_bitmaps, wide_has_nulls,
               program.opcode, program.slot, program.is_wide, program.out_index,
               program.pred_kind, program.pred_slot, program.pred_set, program.pred_clear,
               program.pred_values, program.stat_of_slot, program.numeric_of_slot,
               program.std_of_slot, program.n_stats, program.n_numeric, domain,
-              spec.window_seconds,
-              ints, int_valid, floats, float_valid)
+              spec.window_seconds, ints, int_valid, floats, float_valid)
 
-    # Row r of window w is node key starts[w] + r.
-    take = np.repeat(starts[:-1] - row_offsets[:-1], nodes) + np.arange(rows)
-    raw = np.empty((rows, 2), dtype=">u8")
-    raw[:, 0], raw[:, 1] = keys_hi[take], keys_lo[take]
+    # Row r of window w is the node of packet first[starts[w] + r].
+    take = first[np.repeat(starts[:-1] - row_offsets[:-1], nodes) + np.arange(rows)]
+    pairs = node_raw.reshape(-1, 2)[take]
     node = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), rows,
-                                                [None, pa.py_buffer(raw)])
+                                                [None, pa.py_buffer(pairs)])
     window_start = np.repeat(window_index, nodes) * width
     columns = [node, pa.array(window_start, pa.int64())]
     for i in range(len(spec.features)):
         j = program.out_index[i]
         if program.is_float[i]:
-            values, valid, dtype = floats[:, j], float_valid[:, j], pa.float64()
+            out, valid, dtype = floats[j], float_valid[j], pa.float64()
         else:
-            values, valid, dtype = ints[:, j], int_valid[:, j], pa.int64()
-        columns.append(pa.array(np.ascontiguousarray(values), dtype,
-                                mask=None if valid.all() else ~valid))
+            out, valid, dtype = ints[j], int_valid[j], pa.int64()
+        columns.append(pa.array(out, dtype, mask=None if valid.all() else ~valid))
     return pa.Table.from_arrays(columns, schema=spec.schema())

@@ -2,8 +2,9 @@
 
 A closed window is featurised in node shards, one thread each (the kernel releases the
 GIL): a node's features depend only on its own packets, so the rows are those of one
-call over all packets, in the same (window, node) order. Not with ``validated_only``,
-where a node's handshake involves its peers' packets.
+call over all packets, in the same (window, node) order. The window buffer splits the
+packets into shards as they arrive, so closing costs no extra pass. Not with
+``validated_only``, where a node's handshake involves its peers' packets.
 """
 
 from __future__ import annotations
@@ -12,16 +13,15 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import pyarrow as pa
 
 from netsift.features import NODE, WINDOW_START, FeatureSpec, compute_features
 from netsift.stream.runner import StreamConfig, StreamJob
 
-SHARD_MIN_ROWS = 1 << 20  # below this one call is as fast
+SHARD_MIN_ROWS = 1 << 20  # fewer packets: one call is as fast
 
 
-def _cores() -> int:
+def cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -29,7 +29,7 @@ def _cores() -> int:
 
 
 def _threadsafe_kernels() -> bool:
-    """Whether numba may run parallel kernels from two threads at once (not the
+    """Whether numba may run parallel kernels from two threads at once (not with the
     ``workqueue`` layer). Unknown until a first parallel kernel has run: then no."""
     import numba
 
@@ -39,35 +39,26 @@ def _threadsafe_kernels() -> bool:
         return False
 
 
-def shard_of(nodes: pa.ChunkedArray | pa.Array, shards: int) -> np.ndarray:
-    """Shard number (0 .. shards-1) of each 16-byte node address; nulls go to shard 0."""
-    array = nodes.combine_chunks() if isinstance(nodes, pa.ChunkedArray) else nodes
-    words = np.frombuffer(array.buffers()[1], np.uint64,
-                          count=2 * (array.offset + len(array)))[2 * array.offset:]
-    mixed = (words[1::2] ^ words[0::2]) * np.uint64(0x9E3779B97F4A7C15)
-    return ((mixed >> np.uint64(40)) % np.uint64(shards)).astype(np.int64)
+def sharded(featurize: Callable[[pa.Table], pa.Table], shards: int
+            ) -> Callable[[list[pa.Table]], pa.Table]:
+    """``featurize`` over node shards, in parallel when they are large; rows in order."""
+    def run(parts: list[pa.Table]) -> pa.Table:
+        if len(parts) < 2 or sum(p.num_rows for p in parts) < SHARD_MIN_ROWS \
+                or not _threadsafe_kernels():
+            return featurize(pa.concat_tables(parts))
 
-
-def sharded(featurize: Callable[[pa.Table], pa.Table], node: str,
-            shards: int) -> Callable[[pa.Table], pa.Table]:
-    """``featurize`` run on ``shards`` node partitions in parallel, rows merged in order."""
-    def run(packets: pa.Table) -> pa.Table:
-        if shards < 2 or packets.num_rows < SHARD_MIN_ROWS or not _threadsafe_kernels():
-            return featurize(packets)
-        shard = shard_of(packets.column(node), shards)
-
-        def part(i: int) -> pa.Table:
+        def part(table: pa.Table) -> pa.Table:
             import numba
 
             # Per thread: the shards share the cores instead of each asking for all.
             numba.set_num_threads(max(1, min(numba.config.NUMBA_NUM_THREADS,
-                                             _cores() // shards)))
-            return featurize(packets.filter(pa.array(shard == i)))
+                                             cores() // shards)))
+            return featurize(table)
 
-        with ThreadPoolExecutor(shards, thread_name_prefix="netsift-shard") as pool:
-            parts = list(pool.map(part, range(shards)))
-        return pa.concat_tables(parts).sort_by([(WINDOW_START, "ascending"),
-                                                (NODE, "ascending")])
+        with ThreadPoolExecutor(len(parts), thread_name_prefix="netsift-shard") as pool:
+            rows = list(pool.map(part, parts))
+        return pa.concat_tables(rows).sort_by([(WINDOW_START, "ascending"),
+                                               (NODE, "ascending")])
     return run
 
 
@@ -79,11 +70,8 @@ def build_stream_job(config: StreamConfig) -> StreamJob:
         from netsift.pipeline import load_scorer
 
         score = load_scorer(config.model, spec)
-
-    def featurize(packets: pa.Table) -> pa.Table:
-        return compute_features(packets, spec)
-
-    if not spec.validated_only:
-        shards = min(4, _cores()) if config.shards is None else config.shards
-        featurize = sharded(featurize, spec.node, shards)
-    return StreamJob(config, featurize=featurize, score=score, columns=spec.input_columns())
+    shards = 1 if spec.validated_only else \
+        min(4, cores()) if config.shards is None else config.shards
+    return StreamJob(config, featurize=sharded(lambda t: compute_features(t, spec), shards),
+                     score=score, columns=spec.input_columns(),
+                     shard_key=spec.node if shards > 1 else None, shards=shards)

@@ -85,16 +85,22 @@ class _Replay:
 
 
 class StreamJob:
-    """Runs the stream pipeline; ``stop()`` (or SIGTERM/SIGINT) ends it gracefully."""
+    """Runs the stream pipeline; ``stop()`` (or SIGTERM/SIGINT) ends it gracefully.
 
-    def __init__(self, config: StreamConfig, featurize: Callable[[pa.Table], pa.Table],
+    ``featurize`` takes the closed windows' packets as node shards (one table each; see
+    WindowBuffer) and returns their feature rows.
+    """
+
+    def __init__(self, config: StreamConfig,
+                 featurize: Callable[[list[pa.Table]], pa.Table],
                  score: Callable[[pa.Table], tuple[pa.Table, list[dict]]] | None = None,
-                 columns: list[str] | None = None):
+                 columns: list[str] | None = None, *, shard_key: str | None = None,
+                 shards: int = 1):
         self.config = config
         self.featurize = featurize
         self.score = score
         self.buffer = WindowBuffer(int(config.window_s * NS), int(config.lateness_s * NS),
-                                   columns)
+                                   columns, shard_key=shard_key, shards=shards)
         self.outputs = Outputs(config.out)
         self.checkpoint = Checkpoint(config.checkpoint_dir)
         self.stats = StreamStats()
@@ -162,7 +168,7 @@ class StreamJob:
             self._emissions_waiting -= emission
             future.result()
 
-    def _emit(self, seq: int, packets: pa.Table, closed_at: float) -> None:
+    def _emit(self, seq: int, packets: list[pa.Table], closed_at: float) -> None:
         features = self.featurize(packets)
         scores, alerts = (None, [])
         if self.score is not None and features.num_rows:
@@ -198,23 +204,23 @@ class StreamJob:
         """Add a batch; hand over what it closed. The newest packet time kept, or None."""
         self.stats.packets += batch.num_rows
         newest = self.buffer.add(batch)
-        closed = self.buffer.close()
+        closed = self.buffer.close_shards()
         if closed is not None:
             self._hand_over(closed)
         return newest
 
-    def _hand_over(self, packets: pa.Table) -> None:
+    def _hand_over(self, packets: list[pa.Table]) -> None:
         self._queued += 1
         self._submit(self._emit, self._queued, packets, time.monotonic(), emission=True)
 
-    def _status(self, force: bool = False) -> None:
+    def _status(self, force: bool = False, show: bool = True) -> None:
         now = time.monotonic()
         if not force and now - self._last_status < 1.0:
             return
         self._last_status = now
         self.stats.late = self.buffer.late
         self._write_metrics()
-        if self.config.status is None:
+        if self.config.status is None or not show:
             return
         newest = self.buffer.max_ts
         lag = f"{time.time() - newest / NS:.1f} s" if newest is not None else "-"
@@ -314,7 +320,7 @@ class StreamJob:
                 self.replay.append(_Replay(path.name, mtime_ns, newest))
             self._checkpoint()
         if self.config.drain and not self._stop:
-            rest = self.buffer.flush()
+            rest = self.buffer.flush_shards()
             if rest is not None:
                 self._hand_over(rest)
             self._checkpoint()
@@ -326,8 +332,10 @@ class StreamJob:
                 f"{self.config.checkpoint_dir}: the checkpoint holds open windows of spool "
                 "files; resume with --spool, or use a new --out or --checkpoint directory")
         capture = self._capture = LiveCapture(interface, tool, capture_filter)
+        ok = False
         try:
             self._read_capture(capture, interface)
+            ok = True
         finally:
             capture.stop()
             try:
@@ -335,7 +343,7 @@ class StreamJob:
                 self._checkpoint(self.buffer.pending_table())
             finally:
                 self._finish()
-            self._status(force=True)
+            self._status(force=True, show=ok)  # a failure is reported on its own line
         return self.stats
 
     def _read_capture(self, capture: LiveCapture, interface: str) -> None:

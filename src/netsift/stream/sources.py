@@ -112,7 +112,7 @@ def capture_command(interface: str, tool: str | None = None,
     if not shutil.which(tool):
         raise UsageError(f"{tool}: not installed (apt-get install tcpdump or tshark)")
     if tool == "dumpcap":
-        cmd = [tool, "-q", "-i", interface, "-F", "pcap", "-w", "-"]
+        cmd = [tool, "-q", "-i", interface, "-P", "-w", "-"]  # -P: pcap, not pcapng
     else:
         cmd = [tool, "-i", interface, "-U", "-w", "-", "--immediate-mode"]
     if capture_filter:
@@ -149,8 +149,7 @@ class LiveCapture:
             return None
         err = self.proc.stderr.read().decode(errors="replace").strip() if self.proc.stderr \
             else ""
-        lines = [ln for ln in err.splitlines() if ln.strip()]
-        detail = lines[-1] if lines else f"exit status {code}"
+        detail = _reason(err, self.cmd[0]) or f"exit status {code}"
         if "permission" in err.lower() or "not permitted" in err.lower():
             detail = (f"no capture privilege ({detail}); run as root or grant "
                       f"CAP_NET_RAW,CAP_NET_ADMIN to {self.cmd[0]}")
@@ -165,3 +164,18 @@ class LiveCapture:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+# What capture programs print on stderr that is not the reason they stopped.
+_CHATTER = ("capturing on", "listening on", "use ctrl-c", "file:", "usage:", "packets captured",
+            "packets received", "packets dropped")
+
+
+def _reason(stderr: str, tool: str) -> str:
+    """The line of a capture program's stderr that says why it stopped, without its name."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.lower().startswith(_CHATTER)
+             and not ln.lower().removeprefix(f"{tool}: ").startswith(_CHATTER)]
+    named = [ln for ln in lines if ln.startswith(f"{tool}:")]
+    line = named[0] if named else (lines[-1] if lines else "")
+    return line.removeprefix(f"{tool}:").strip()

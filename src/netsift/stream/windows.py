@@ -10,6 +10,11 @@ the very same engine code as batch, so stream equals batch by construction; the 
 held is the open windows' packets, projected to the columns features read. Each open
 window keeps its packets as the list of slices that arrived, so adding a batch and
 closing a window never copy or filter the packets of other windows.
+
+With ``shards`` > 1 each window's packets are also split by a hash of a key column (the
+node) as they arrive, so that a closed window can be featurised in node shards at once,
+without a pass over all its packets first. A node's packets are all in one shard, in
+arrival order.
 """
 
 from __future__ import annotations
@@ -24,16 +29,35 @@ COMPACT_RATIO = 4
 COMPACT_MIN_BYTES = 1 << 20
 
 
+def shard_of(keys: pa.ChunkedArray | pa.Array, shards: int) -> np.ndarray:
+    """Shard number (0 .. shards-1) of each 16-byte key (an address); nulls: shard 0."""
+    array = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
+    if len(array) == 0:
+        return np.zeros(0, np.int64)
+    words = np.frombuffer(array.buffers()[1], np.uint64,
+                          count=2 * (array.offset + len(array)))[2 * array.offset:]
+    mixed = (words[1::2] ^ words[0::2]) * np.uint64(0x9E3779B97F4A7C15)
+    shard = ((mixed >> np.uint64(40)) % np.uint64(shards)).astype(np.int64)
+    if array.null_count:
+        shard[~np.asarray(array.is_valid())] = 0
+    return shard
+
+
 class WindowBuffer:
     """Packets of open windows; ``close()`` returns those of windows the watermark closed."""
 
-    def __init__(self, width_ns: int, lateness_ns: int, columns: list[str] | None = None):
+    def __init__(self, width_ns: int, lateness_ns: int, columns: list[str] | None = None,
+                 *, shard_key: str | None = None, shards: int = 1):
         if width_ns <= 0 or lateness_ns < 0:
             raise ValueError("window width must be positive and lateness non-negative")
+        if shards < 1 or (shards > 1 and shard_key is None):
+            raise ValueError("shards must be at least 1, and more need a shard_key")
         self.width_ns = width_ns
         self.lateness_ns = lateness_ns
         self.columns = columns
-        self.windows: dict[int, list[pa.Table]] = {}  # window index -> slices, as arrived
+        self.shard_key, self.shards = shard_key, shards
+        # window index -> per shard, the slices as they arrived
+        self.windows: dict[int, list[list[pa.Table]]] = {}
         self.pending_rows = 0
         self.max_ts: int | None = None
         self.closed_until: int | None = None  # every window starting before this is closed
@@ -95,14 +119,26 @@ class WindowBuffer:
                 self._append(first + k, ordered.slice(a, b - a))
 
     def _append(self, window: int, table: pa.Table) -> None:
-        held = table.get_total_buffer_size()
-        if held > COMPACT_MIN_BYTES and held > COMPACT_RATIO * table.nbytes:
-            table = table.take(pa.array(np.arange(table.num_rows)))
-        self.windows.setdefault(window, []).append(table)
+        slots = self.windows.setdefault(window, [[] for _ in range(self.shards)])
         self.pending_rows += table.num_rows
+        if self.shards == 1:
+            held = table.get_total_buffer_size()
+            if held > COMPACT_MIN_BYTES and held > COMPACT_RATIO * table.nbytes:
+                table = table.take(pa.array(np.arange(table.num_rows)))
+            slots[0].append(table)
+            return
+        shard = shard_of(table.column(self.shard_key), self.shards)
+        for i in range(self.shards):
+            part = table.filter(pa.array(shard == i))  # a copy: nothing else kept alive
+            if part.num_rows:
+                slots[i].append(part)
 
     def close(self) -> pa.Table | None:
         """Packets of the windows the watermark has closed since the last call, or None."""
+        return _joined(self.close_shards())
+
+    def close_shards(self) -> list[pa.Table] | None:
+        """As :meth:`close`, one table per non-empty shard."""
         wm = self.watermark
         if wm is None:
             return None
@@ -114,21 +150,27 @@ class WindowBuffer:
 
     def flush(self) -> pa.Table | None:
         """Close every window (the input has ended)."""
+        return _joined(self.flush_shards())
+
+    def flush_shards(self) -> list[pa.Table] | None:
+        """As :meth:`flush`, one table per non-empty shard."""
         if self.max_ts is None:
             return None
         boundary = (self.max_ts // self.width_ns + 1) * self.width_ns
         self.closed_until = max(boundary, self.closed_until or boundary)
         return self._take_before(boundary)
 
-    def _take_before(self, boundary: int) -> pa.Table | None:
-        """Remove and return the packets of windows starting before ``boundary``."""
+    def _take_before(self, boundary: int) -> list[pa.Table] | None:
+        """Remove and return, per shard, the packets of windows starting before
+        ``boundary`` (zero-copy: the slices as they arrived, window by window)."""
         closing = sorted(w for w in self.windows if w * self.width_ns < boundary)
         if not closing:
             return None
-        parts = [part for w in closing for part in self.windows.pop(w)]
-        out = pa.concat_tables(parts)
-        self.pending_rows -= out.num_rows
-        return out
+        slots = [self.windows.pop(w) for w in closing]
+        out = [pa.concat_tables(parts) for i in range(self.shards)
+               if (parts := [part for slot in slots for part in slot[i]])]
+        self.pending_rows -= sum(t.num_rows for t in out)
+        return out or None
 
     # -- checkpointing ---------------------------------------------------------------
 
@@ -146,5 +188,10 @@ class WindowBuffer:
             self.add(pending, replay=True)
 
     def pending_table(self) -> pa.Table | None:
-        parts = [part for w in sorted(self.windows) for part in self.windows[w]]
+        parts = [part for w in sorted(self.windows) for slot in self.windows[w]
+                 for part in slot]
         return pa.concat_tables(parts) if parts else None
+
+
+def _joined(shards: list[pa.Table] | None) -> pa.Table | None:
+    return None if shards is None else pa.concat_tables(shards)
