@@ -143,31 +143,49 @@ def ingest(inputs: list[str], out: str | os.PathLike, *, jobs: int | None = None
     candidates = expand_inputs(list(inputs), exclude=root)
     with store.DatasetLock(root):
         manifest = store.Manifest.load(root)
-        todo: list[tuple[str, bool, str]] = []
-        for path, explicit in candidates:
-            if path == STDIN:
-                todo.append((path, explicit, f"stdin-{uuid.uuid4().hex[:12]}"))
-                continue
-            try:
-                ident = store.InputIdentity.of(path)
-            except FileNotFoundError:
-                _emit(report, on_result, InputResult(path, "failed", error=f"{path}: no such file"))
-                continue
-            except OSError as exc:
-                _emit(report, on_result,
-                      InputResult(path, "failed", error=f"{path}: {exc.strerror}"))
-                continue
-            if not force and manifest.is_current(ident):
-                _emit(report, on_result, InputResult(path, "current"))
-                continue
-            for stale in manifest.stale_files(ident):
-                (root / stale).unlink(missing_ok=True)
-            todo.append((path, explicit, ident.key))
+        todo = [(path, explicit, ident.key if ident else f"stdin-{uuid.uuid4().hex[:12]}")
+                for path, explicit, ident in
+                plan_inputs(candidates, root, manifest, report, on_result, force)]
         total = sum(os.path.getsize(p) for p, _, _ in todo if p != STDIN and
                     os.path.isfile(p))
         _run(todo, root, batch_rows, jobs, manifest, report, total, on_progress, on_result)
     report.seconds = time.monotonic() - started
     return report
+
+
+def plan_inputs(candidates: list[tuple[str, bool]], root: Path, manifest: store.Manifest,
+                report: IngestReport, on_result, force: bool
+                ) -> list[tuple[str, bool, store.InputIdentity | None]]:
+    """The inputs to read, as (path, named explicitly, identity; None for stdin).
+
+    Reports an input that cannot be stat'ed as failed and one the manifest holds
+    unchanged as current (unless ``force``), and removes the files of an earlier version
+    of a changed input. An input named twice is read once.
+    """
+    todo: list[tuple[str, bool, store.InputIdentity | None]] = []
+    seen: set[str] = set()
+    for path, explicit in candidates:
+        if path == STDIN:
+            todo.append((path, explicit, None))
+            continue
+        if path in seen:
+            continue
+        seen.add(path)
+        try:
+            ident = store.InputIdentity.of(path)
+        except FileNotFoundError:
+            _emit(report, on_result, InputResult(path, "failed", error=f"{path}: no such file"))
+            continue
+        except OSError as exc:
+            _emit(report, on_result, InputResult(path, "failed", error=f"{path}: {exc.strerror}"))
+            continue
+        if not force and manifest.is_current(ident):
+            _emit(report, on_result, InputResult(path, "current"))
+            continue
+        for stale in manifest.stale_files(ident):
+            (root / stale).unlink(missing_ok=True)
+        todo.append((path, explicit, ident))
+    return todo
 
 
 def _emit(report: IngestReport, on_result, result: InputResult) -> None:

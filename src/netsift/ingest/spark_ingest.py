@@ -52,7 +52,7 @@ import pyarrow.compute as pc
 
 from netsift import store
 from netsift.errors import CaptureError, NetsiftError, StorageError, UsageError
-from netsift.ingest.job import STDIN, IngestReport, InputResult, _emit, _finish, expand_inputs
+from netsift.ingest.job import STDIN, IngestReport, InputResult, _finish, expand_inputs, plan_inputs
 from netsift.ingest.reader import DEFAULT_BATCH_ROWS, CaptureReader
 
 #: Split size when the session does not set ``spark.sql.files.maxPartitionBytes``.
@@ -343,27 +343,7 @@ def spark_ingest(inputs: list[str], out: str | os.PathLike, *, master: str | Non
                          "for '-'")
     with store.DatasetLock(root):
         manifest = store.Manifest.load(root)
-        todo: list[tuple[str, bool, store.InputIdentity]] = []
-        seen: set[str] = set()
-        for path, explicit in candidates:
-            if path in seen:  # named twice: one read, one result
-                continue
-            seen.add(path)
-            try:
-                ident = store.InputIdentity.of(path)
-            except FileNotFoundError:
-                _emit(report, on_result, InputResult(path, "failed", error=f"{path}: no such file"))
-                continue
-            except OSError as exc:
-                _emit(report, on_result,
-                      InputResult(path, "failed", error=f"{path}: {exc.strerror}"))
-                continue
-            if not force and manifest.is_current(ident):
-                _emit(report, on_result, InputResult(path, "current"))
-                continue
-            for stale in manifest.stale_files(ident):
-                (root / stale).unlink(missing_ok=True)
-            todo.append((path, explicit, ident))
+        todo = plan_inputs(candidates, root, manifest, report, on_result, force)
         if todo:
             _run(todo, root, manifest, report, on_result, spark, master, batch_rows,
                  split_bytes)
