@@ -44,7 +44,7 @@ def test_rerun_replaces_the_table(lan_dataset, tmp_path):
     second = nf.write_features(lan_dataset, out, nf.FeatureSpec(validated_only=True))
     assert first.rows > second.rows == 2
     assert nf.read_features(out).num_rows == 2
-    assert sorted(p.name for p in out.iterdir()) == ["_spec.json", "part-00000.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == ["_spec.json", "part-00000-0000.parquet"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 

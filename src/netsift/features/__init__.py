@@ -115,6 +115,25 @@ def compute_features(source, spec: FeatureSpec = FeatureSpec(), *, engine: str =
     return _as_table(arrow, spec)
 
 
+_ROWS_PER_FILE = 1 << 20
+
+
+def _write_parts(part: pa.Table, directory: Path, index: int) -> None:
+    """``part`` as ``part-INDEX-J.parquet`` files of up to 1 Mi rows, written in parallel
+    (Parquet encoding is single-threaded per file; names sort in row order)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pieces = [part.slice(start, _ROWS_PER_FILE)
+              for start in range(0, max(1, part.num_rows), _ROWS_PER_FILE)]
+    paths = [directory / f"part-{index:05d}-{j:04d}.parquet" for j in range(len(pieces))]
+    if len(pieces) == 1:
+        pq.write_table(pieces[0], paths[0], **PARQUET_OPTIONS)
+        return
+    with ThreadPoolExecutor(max_workers=min(len(pieces), os.cpu_count() or 1)) as pool:
+        list(pool.map(lambda job: pq.write_table(job[0], job[1], **PARQUET_OPTIONS),
+                      zip(pieces, paths, strict=True)))
+
+
 def _swap_in(tmp: Path, out: Path) -> None:
     """Replace ``out`` by the complete directory ``tmp`` (readers never see a mix)."""
     old = None
@@ -153,7 +172,7 @@ def write_features(source, out: str | os.PathLike, spec: FeatureSpec = FeatureSp
 
             tmp.mkdir()
             for i, part in enumerate(polars_engine.batches(source, spec, device=device)):
-                pq.write_table(part, tmp / f"part-{i:05d}.parquet", **PARQUET_OPTIONS)
+                _write_parts(part, tmp, i)
                 rows += part.num_rows
                 if "packets" in part.column_names:
                     packets += pc.sum(part.column("packets")).as_py() or 0

@@ -125,8 +125,11 @@ def compile_spec(spec: fs.FeatureSpec) -> Program:
 # -- kernels -----------------------------------------------------------------------------
 
 _OPTS = {"nogil": True, "cache": True, "boundscheck": False}
-_COUNT_ABOVE = 16  # group size from which counting beats sorting
-_MAX_DOMAIN = 1 << 16
+_HASH_ABOVE = 16  # group size from which a hash set beats sorting (address columns)
+# Columns whose values stay below this are counted in an array slot per value (ports,
+# TTLs, flags, frame lengths up to the largest snap length): faster than sorting from
+# two values on. Larger values are sorted.
+_MAX_DOMAIN = 1 << 18
 _V4_MAPPED = np.uint64(0xFFFF)
 
 
@@ -288,13 +291,13 @@ def _sort_in_place(values):
 
 @nb.njit(**_OPTS)
 def _stats(rows, a, b, c, buffer):
-    """(distinct, mode, mode count) of column ``c`` over ``rows[a:b]`` (nulls skipped)."""
+    """(distinct, mode, mode count) of column ``c`` over ``rows[c, a:b]`` (nulls skipped)."""
     if b - a == 1:
-        v = rows[a, c]
+        v = rows[c, a]
         return (0, NULL, 0) if v == NULL else (1, v, 1)
     k = 0
     for j in range(a, b):
-        v = rows[j, c]
+        v = rows[c, j]
         if v != NULL:
             buffer[k] = v
             k += 1
@@ -319,7 +322,7 @@ def _counted_stats(rows, a, b, c, counts, touched):
     """:func:`_stats` by counting into ``counts`` (one slot per possible value; left zeroed)."""
     k = 0
     for j in range(a, b):
-        v = rows[j, c]
+        v = rows[c, j]
         if v != NULL:
             if counts[v] == 0:
                 touched[k] = v
@@ -351,7 +354,7 @@ def _wide_distinct(hi, lo, valid, a, b, buffer_lo, buffer_hi):
             k += 1
     if k <= 1:
         return k
-    if k > _COUNT_ABOVE:  # a hash set: linear in the group's size
+    if k > _HASH_ABOVE:  # a hash set: linear in the group's size
         capacity = 64
         while capacity < 2 * k:
             capacity *= 2
@@ -393,11 +396,15 @@ def _wide_distinct(hi, lo, valid, a, b, buffer_lo, buffer_hi):
 
 
 @nb.njit(**_OPTS)
-def _predicate(kind, value, pset, pclear, pvalues):
+def _predicate(kind, value, pset, pclear, pvalues, f):
+    """Feature ``f``'s predicate on ``value``; ``pvalues[f]`` its IsIn values."""
     if value == NULL:
         return False
     if kind == PRED_ISIN:
-        for v in pvalues:
+        for k in range(pvalues.shape[1]):
+            v = pvalues[f, k]
+            if v == NULL:
+                return False
             if v == value:
                 return True
         return False
@@ -408,8 +415,12 @@ def _predicate(kind, value, pset, pclear, pvalues):
 def _evaluate(order, starts, local, nodes, row_offsets, values, bitmaps, has_nulls, wide_raw,
               wide_bitmaps, wide_has_nulls, opcode, slot, is_wide, out_index, pred_kind,
               pred_slot, pred_set, pred_clear, pred_values, stat_of_slot, numeric_of_slot,
-              std_of_slot, n_stats, n_numeric,
-              domain, window_seconds, ints, int_valid, floats, float_valid):
+              std_of_slot, n_stats, n_numeric, domain, domain_at, window_seconds, ints,
+              int_valid, floats, float_valid, scratch_rows, scratch_hi, scratch_lo, scratch_ok,
+              scratch_hits, scratch_buffers, scratch_counts):
+    """Every feature of every (window, node). ``scratch_*`` hold one working set per
+    thread (first axis: ``numba.get_thread_id()``), sized for the largest window: they
+    are allocated, and their memory faulted in, once per call rather than per window."""
     n_windows = starts.shape[0] - 1
     n_features = opcode.shape[0]
     n_narrow = values.shape[0]
@@ -431,20 +442,19 @@ def _evaluate(order, starts, local, nodes, row_offsets, values, bitmaps, has_nul
         if m == 0:
             continue
         k = nodes[w]
-        # The window's packets in node order (counting sort), copied row by row: each
-        # node's packets become one contiguous block of rows.
+        # The window's packets in node order (counting sort), copied column by column:
+        # each node's packets become one contiguous slice of every column.
         group_start = np.zeros(k + 1, np.int64)
         for p in range(lo_i, hi_i):
             group_start[local[p] + 1] += 1
         for r in range(k):
             group_start[r + 1] += group_start[r]
         fill = group_start[:-1].copy()
-        rows = np.empty((m, n_narrow), np.int64)
-        w_hi = np.empty((n_wide, m), np.uint64)
-        w_lo = np.empty((n_wide, m), np.uint64)
-        w_ok = np.empty((n_wide, m), np.bool_)
+        thread = nb.get_thread_id()
+        rows = scratch_rows[thread]
+        w_hi, w_lo, w_ok = scratch_hi[thread], scratch_lo[thread], scratch_ok[thread]
         # Bit f of hits_of[j]: packet j satisfies share feature f's predicate.
-        hits_of = np.zeros(m, np.uint64)
+        hits_of = scratch_hits[thread]
         for p in range(lo_i, hi_i):
             r = local[p]
             j = fill[r]
@@ -452,14 +462,14 @@ def _evaluate(order, starts, local, nodes, row_offsets, values, bitmaps, has_nul
             i = order[p]
             for c in range(n_narrow):
                 if has_nulls[c] and not (bitmaps[c, i >> 3] >> (i & 7)) & 1:
-                    rows[j, c] = NULL
+                    rows[c, j] = NULL
                 else:
-                    rows[j, c] = values[c, i]
+                    rows[c, j] = values[c, i]
             bits = np.uint64(0)
             for t in range(n_shares):
                 f = shares[t]
-                if _predicate(pred_kind[f], rows[j, pred_slot[f]], pred_set[f],
-                              pred_clear[f], pred_values[f]):
+                if _predicate(pred_kind[f], rows[pred_slot[f], j], pred_set[f],
+                              pred_clear[f], pred_values, f):
                     bits |= np.uint64(1) << np.uint64(t)
             hits_of[j] = bits
             for c in range(n_wide):
@@ -469,9 +479,9 @@ def _evaluate(order, starts, local, nodes, row_offsets, values, bitmaps, has_nul
         largest = 1
         for r in range(k):
             largest = max(largest, group_start[r + 1] - group_start[r])
-        buffer = np.empty(largest, np.int64)
-        buffer_lo = np.empty(largest, np.uint64)
-        buffer_hi = np.empty(largest, np.uint64)
+        buffer = scratch_buffers[thread, 0]
+        buffer_lo = scratch_buffers[thread, 1].view(np.uint64)
+        buffer_hi = scratch_buffers[thread, 2].view(np.uint64)
         distinct = np.zeros(max(1, n_stats), np.int64)
         mode_value = np.zeros(max(1, n_stats), np.int64)
         mode_count = np.zeros(max(1, n_stats), np.int64)
@@ -481,9 +491,9 @@ def _evaluate(order, starts, local, nodes, row_offsets, values, bitmaps, has_nul
         high = np.zeros(max(1, n_numeric), np.int64)
         squares = np.zeros(max(1, n_numeric), np.float64)
         # Large groups count values instead of sorting them, where the column's values
-        # are small enough to index an array (ports, TTLs, flags, lengths).
-        counts = np.zeros((n_narrow, max(1, domain.max()) if largest > _COUNT_ABOVE else 1),
-                          np.int32)
+        # are small enough to index an array (ports, TTLs, flags, lengths); the counts
+        # are back to zero after each group.
+        counts = scratch_counts[thread]
         hits = np.zeros(max(1, n_shares), np.int64)
         for r in range(k):
             a, b = group_start[r], group_start[r + 1]
@@ -499,9 +509,10 @@ def _evaluate(order, starts, local, nodes, row_offsets, values, bitmaps, has_nul
             for c in range(n_narrow):
                 s = stat_of_slot[c]
                 if s >= 0:
-                    if n > _COUNT_ABOVE and domain[c] > 0:
+                    if n > 1 and domain[c] > 0:
                         distinct[s], mode_value[s], mode_count[s] = _counted_stats(
-                            rows, a, b, c, counts[c], buffer)
+                            rows, a, b, c, counts[domain_at[c]:domain_at[c] + domain[c]],
+                            buffer)
                     else:
                         distinct[s], mode_value[s], mode_count[s] = _stats(rows, a, b, c,
                                                                            buffer)
@@ -509,7 +520,7 @@ def _evaluate(order, starts, local, nodes, row_offsets, values, bitmaps, has_nul
                 if q >= 0:
                     t, cnt, lo_v, hi_v = 0, 0, big, -big
                     for j in range(a, b):
-                        v = rows[j, c]
+                        v = rows[c, j]
                         if v != NULL:
                             t += v
                             cnt += 1
@@ -520,7 +531,7 @@ def _evaluate(order, starts, local, nodes, row_offsets, values, bitmaps, has_nul
                         mean = t / cnt
                         acc = 0.0
                         for j in range(a, b):
-                            v = rows[j, c]
+                            v = rows[c, j]
                             if v != NULL:
                                 d = v - mean
                                 acc += d * d
@@ -568,12 +579,6 @@ def _evaluate(order, starts, local, nodes, row_offsets, values, bitmaps, has_nul
                         floats[out, row] = np.sqrt(squares[q] / (present[q] - 1))
 
 
-@nb.njit(parallel=True, **_OPTS)
-def _to_uint32(source, out):
-    for i in nb.prange(source.shape[0]):
-        out[i] = source[i]
-
-
 @nb.njit(**_OPTS)
 def _byteswap(x):
     x = ((x & np.uint64(0x00FF00FF00FF00FF)) << np.uint64(8)) | \
@@ -597,6 +602,22 @@ def _array(column) -> pa.Array:
     if isinstance(column, pa.ChunkedArray):
         return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
     return column
+
+
+def _chunks(column) -> list[pa.Array]:
+    return column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+
+
+def _int64(column) -> np.ndarray:
+    """An int64 column as one numpy array (a view when it is one chunk)."""
+    parts = [_primitive(a) for a in _chunks(column)]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _column_words(column) -> np.ndarray:
+    """:func:`_words` of a chunked address column, as one array."""
+    parts = [_words(a) for a in _chunks(column)]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def _bitmap_bytes(array: pa.Array, n_bytes: int) -> np.ndarray | None:
@@ -670,7 +691,7 @@ def evaluate(packets: pa.Table, spec: fs.FeatureSpec) -> pa.Table:
     n = packets.num_rows
     if n == 0:
         return spec.schema().empty_table()
-    ts = _primitive(_array(packets.column("ts"))).astype(np.int64, copy=False)
+    ts = _int64(packets.column("ts"))
     width = spec.window_ns
     first_window = int(ts.min()) // width
     n_windows = int(ts.max()) // width - first_window + 1
@@ -682,7 +703,7 @@ def evaluate(packets: pa.Table, spec: fs.FeatureSpec) -> pa.Table:
         n_windows = len(occupied)
     else:
         window_index = np.arange(n_windows, dtype=np.int64) + first_window
-    node_raw = _words(_array(packets.column(spec.node)))
+    node_raw = _column_words(packets.column(spec.node))
 
     n_bytes = (n + 7) // 8
     n_narrow = max(1, len(program.narrow))
@@ -691,28 +712,29 @@ def evaluate(packets: pa.Table, spec: fs.FeatureSpec) -> pa.Table:
     has_nulls = np.zeros(n_narrow, np.bool_)
     domain = np.zeros(n_narrow, np.int64)
     for c, name in enumerate(program.narrow):
-        array = _array(packets.column(name))
-        _to_uint32(_primitive(array), values[c])
-        bitmap = _bitmap_bytes(array, n_bytes)
-        if bitmap is not None:
-            bitmaps[c], has_nulls[c] = bitmap, True
+        column = packets.column(name)
+        start = 0
+        for array in _chunks(column):  # each chunk straight into its slice: no concatenation
+            values[c, start:start + len(array)] = _primitive(array)
+            start += len(array)
+        if column.null_count:
+            bitmaps[c], has_nulls[c] = _bitmap_bytes(_array(column), n_bytes), True
         if program.stat_of_slot[c] >= 0:
-            top = pc.max(array).as_py()
+            top = pc.max(column).as_py()
             domain[c] = 0 if top is None or top >= _MAX_DOMAIN else top + 1
     n_wide = max(1, len(program.wide))
     wide_raw = np.zeros((n_wide, 2 * n), np.uint64) if len(program.wide) != 1 else None
     wide_bitmaps = np.zeros((n_wide, n_bytes), np.uint8)
     wide_has_nulls = np.zeros(n_wide, np.bool_)
     for c, name in enumerate(program.wide):
-        array = _array(packets.column(name))
-        words = _words(array)
+        column = packets.column(name)
+        words = _column_words(column)
         if wide_raw is None:
             wide_raw = words.reshape(1, -1)  # the usual single address column: no copy
         else:
             wide_raw[c] = words
-        bitmap = _bitmap_bytes(array, n_bytes)
-        if bitmap is not None:
-            wide_bitmaps[c], wide_has_nulls[c] = bitmap, True
+        if column.null_count:
+            wide_bitmaps[c], wide_has_nulls[c] = _bitmap_bytes(_array(column), n_bytes), True
 
     order, starts = _window_order(window, n_windows)
     del window
@@ -727,13 +749,23 @@ def evaluate(packets: pa.Table, spec: fs.FeatureSpec) -> pa.Table:
     floats = np.zeros((max(1, program.n_float), rows), np.float64)
     int_valid = np.ones(ints.shape, np.bool_)
     float_valid = np.ones(floats.shape, np.bool_)
+    threads = nb.get_num_threads()
+    largest = int(np.diff(starts).max())
+    scratch = (np.empty((threads, n_narrow, largest), np.int64),
+               np.empty((threads, n_wide, largest), np.uint64),
+               np.empty((threads, n_wide, largest), np.uint64),
+               np.empty((threads, n_wide, largest), np.bool_),
+               np.empty((threads, largest), np.uint64),
+               np.empty((threads, 3, largest), np.int64),
+               np.zeros((threads, max(1, int(domain.sum()))), np.int32))
     _evaluate(order, starts, local, nodes, row_offsets, values, bitmaps, has_nulls, wide_raw,
               wide_bitmaps, wide_has_nulls,
               program.opcode, program.slot, program.is_wide, program.out_index,
               program.pred_kind, program.pred_slot, program.pred_set, program.pred_clear,
               program.pred_values, program.stat_of_slot, program.numeric_of_slot,
               program.std_of_slot, program.n_stats, program.n_numeric, domain,
-              spec.window_seconds, ints, int_valid, floats, float_valid)
+              np.concatenate([[0], np.cumsum(domain)[:-1]]).astype(np.int64),
+              spec.window_seconds, ints, int_valid, floats, float_valid, *scratch)
 
     # Row r of window w is the node of packet first[starts[w] + r].
     take = first[np.repeat(starts[:-1] - row_offsets[:-1], nodes) + np.arange(rows)]

@@ -381,13 +381,25 @@ def _kernel(table: pa.Table, spec: fs.FeatureSpec) -> pa.Table:
 
 
 def _read_chunk(chunk: _Chunk, spec: fs.FeatureSpec) -> pa.Table:
+    """The chunk's packets, the spec's columns. Rows without a time or a node may remain
+    (the engines drop them)."""
     import pyarrow.dataset as ds
 
     dataset = ds.dataset(list(chunk.files), format="parquet")
-    where = ds.field("ts").is_valid() & ds.field(spec.node).is_valid()
-    if chunk.start is not None:
-        where = where & (ds.field("ts") >= chunk.start) & (ds.field("ts") < chunk.end)
+    if chunk.start is None or _whole_hours(chunk):
+        # An hour partition holds only that hour's packets: nothing to cut away.
+        return dataset.to_table(columns=spec.input_columns())
+    where = (ds.field("ts") >= chunk.start) & (ds.field("ts") < chunk.end)
     return dataset.to_table(columns=spec.input_columns(), filter=where)
+
+
+def _whole_hours(chunk: _Chunk) -> bool:
+    """Whether every file of ``chunk`` is an hour partition inside [start, end)."""
+    for f in chunk.files:
+        hour = _partition_hour(f)
+        if hour is None or hour * HOUR_NS < chunk.start or (hour + 1) * HOUR_NS > chunk.end:
+            return False
+    return True
 
 
 def _device_engine(engine, spec: fs.FeatureSpec, device: str):
