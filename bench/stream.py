@@ -22,12 +22,16 @@ has finished with (its checkpoint says which; files of open windows stay, as the
 checkpoint replays them after a crash).
 
 The rate rises in steps (``--rates``), each held ``--step-seconds``. A step is *sustained*
-when, after ``--warmup-seconds``, the lag does not grow (least-squares slope below
-``--max-lag-slope`` s/s) and stays under ``--max-lag``, and RSS is flat (the peak of the
-second half of the step at most 10 % above the peak of the first half: with tumbling
-windows RSS is a saw tooth of one window's period, so peaks are compared). The first
-step that is not sustained ends the ladder. The best sustained rate is then held for
-``--sustain-seconds`` (default 300) in a fresh job to show it lasts.
+when, after ``--warmup-seconds``, the lag stays under ``--max-lag`` (5 s, a few file
+periods; Spark 20 s) and does not grow (least-squares slope under ``--max-lag-slope``,
+0.05 s/s: the saw tooth of file rotation leaves a fit over 35 s uncertain by about
+0.02 s/s; in the 300 s hold any real growth soon passes the lag bound), and RSS is flat
+(the peak of the second half of the step at most 10 % above the peak of the first half;
+RSS is sampled five times a second, as with tumbling windows it is a saw tooth of one
+window's period). The first step that is not sustained ends the ladder. The best
+sustained rate is then held for ``--sustain-seconds`` (default 300) in a fresh job to
+show it lasts; for the embedded engine so is the target rate (1 M/s), where the emission
+latency target is judged.
 
 Emission latency, two ways:
 
@@ -38,8 +42,8 @@ Emission latency, two ways:
   plus the lateness passed; this adds the source's delay (the file holding the closing
   packet is published at the end of its interval, then settles).
 
-Targets: >= 1 M packets/s sustained with the embedded engine; windows written within 2 s
-of closing.
+Targets: >= 1 M packets/s sustained with the embedded engine; at that rate, windows
+written within 2 s of closing (max over the 300 s hold).
 """
 
 from __future__ import annotations
@@ -233,9 +237,13 @@ def run_job(engine: str, spool: str, out: str, window: str, lateness: str, maste
 
     warnings.filterwarnings("ignore", "PySpark does not yet fully support pandas",
                             FutureWarning)
+    # The heap committed and touched at start-up: RSS then shows growth beyond the heap
+    # (which -Xmx bounds), not the JVM's lazy heap expansion.
     spark = get_session(master, app_name="netsift-bench-stream",
                         conf={"spark.sql.shuffle.partitions": "2",
-                              "spark.driver.memory": "4g"})
+                              "spark.driver.memory": "2g",
+                              "spark.driver.extraJavaOptions":
+                                  "-Xms2g -XX:+AlwaysPreTouch"})
     job = SparkStreamJob(SparkStreamConfig(
         spool=Path(spool), out=Path(out), window_ns=window_ns, lateness_ns=lateness_ns,
         settle_s=0.2, poll_s=0.2), spark)
@@ -274,6 +282,7 @@ class Step:
     samples: list[Sample] = dataclasses.field(default_factory=list)
     emissions: list[Emission] = dataclasses.field(default_factory=list)
     feeder_behind_s: float = 0.0
+    early: tuple[int, int] = (0, 0)  # windows written from early featurisation, redone
     verdict: dict = dataclasses.field(default_factory=dict)
 
 
@@ -443,6 +452,9 @@ def session(engine: str, schedule: list[int], step_s: float, args, workdir: Path
                 _release_spool(engine, spool, checkpoint)
             with contextlib.suppress(OSError, ValueError):
                 step.feeder_behind_s = json.loads(status.read_text())["behind_max_s"]
+            metrics = _metrics(out / "metrics.prom")
+            step.early = (int(metrics.get("netsift_stream_early_windows_total", 0)),
+                          int(metrics.get("netsift_stream_early_stale_total", 0)))
             step.verdict = judge(step, args)
             print(step_line(step), flush=True)
             if stop_early and not step.verdict["sustained"]:
@@ -463,15 +475,13 @@ def session(engine: str, schedule: list[int], step_s: float, args, workdir: Path
             shutil.rmtree(spool, ignore_errors=True)
 
 
-def _slope(xs: np.ndarray, ys: np.ndarray) -> float:
-    """Growth of ``ys`` per unit of ``xs``: median of the last third minus median of the
-    first third, over the time between them (robust to the saw tooth of file rotation)."""
-    third = len(xs) // 3
-    if third < 2:
+def _lag_slope(times: np.ndarray, lags: np.ndarray) -> float:
+    """Growth of the lag in seconds per second: the least-squares slope over the samples.
+    The lag is a saw tooth of the file period around a level; a job that falls behind
+    raises the level."""
+    if len(times) < 3:
         return float("nan")
-    head, tail = slice(0, third), slice(len(xs) - third, len(xs))
-    dt = float(np.median(xs[tail]) - np.median(xs[head]))
-    return float(np.median(ys[tail]) - np.median(ys[head])) / dt if dt > 0 else float("nan")
+    return float(np.polyfit(times - times[0], lags, 1)[0])
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -483,7 +493,7 @@ def judge(step: Step, args) -> dict:
     t0 = step.samples[0].t if step.samples else 0.0
     steady = [s for s in step.samples if s.t - t0 >= args.warmup_seconds]
     lagged = [s for s in steady if s.lag is not None]
-    slope = _slope(np.array([s.t for s in lagged]), np.array([s.lag for s in lagged]))
+    slope = _lag_slope(np.array([s.t for s in lagged]), np.array([s.lag for s in lagged]))
     lag_max = max((s.lag for s in lagged), default=float("nan"))
     half = len(steady) // 2
     first = max((s.rss for s in steady[:half]), default=0)
@@ -496,7 +506,8 @@ def judge(step: Step, args) -> dict:
     file_s = args.file_seconds if step.engine.startswith("embedded") else \
         args.spark_file_seconds
     feeder_ok = step.feeder_behind_s <= file_s
-    sustained = bool(lagged) and slope < args.max_lag_slope and lag_max < args.max_lag \
+    max_lag = args.max_lag if step.engine.startswith("embedded") else args.spark_max_lag
+    sustained = bool(lagged) and slope < args.max_lag_slope and lag_max < max_lag \
         and growth < 0.10 and feeder_ok
     return {
         "sustained": sustained, "lag_slope": slope, "lag_max": lag_max,
@@ -531,7 +542,8 @@ def step_line(step: Step) -> str:
     return (f"  {step.engine} {step.rate:,}/s: taken {v['taken_rate']:,.0f}/s, lag max "
             f"{v['lag_max']:.2f} s (slope {v['lag_slope']:+.3f}), RSS "
             f"{v['rss_second'] / 2**20:,.0f} MiB ({100 * v['rss_growth']:+.1f}%), emit max "
-            f"{max(close, default=float('nan')):.2f} s, load {v['load'] or 0:.1f}: "
+            f"{max(close, default=float('nan')):.2f} s, early {step.early[0]} "
+            f"(redone {step.early[1]}), load {v['load'] or 0:.1f}: "
             f"{'sustained' if v['sustained'] else 'not sustained'}"
             f"{'' if v['feeder_ok'] else ' (feeder late)'}")
 
@@ -560,10 +572,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="event time per spool file, Spark (one micro-batch each)")
     parser.add_argument("--window-s", type=float, default=10.0)
     parser.add_argument("--lateness-s", type=float, default=2.0)
-    parser.add_argument("--max-lag-slope", type=float, default=0.02,
-                        help="lag growth allowed, seconds per second (0.02)")
-    parser.add_argument("--max-lag", type=float, default=15.0,
-                        help="lag allowed after warm-up, seconds (15)")
+    parser.add_argument("--max-lag-slope", type=float, default=0.05,
+                        help="lag growth allowed, seconds per second (0.05)")
+    parser.add_argument("--max-lag", type=float, default=5.0,
+                        help="lag allowed after warm-up, embedded, seconds (5: a few file "
+                             "periods)")
+    parser.add_argument("--spark-max-lag", type=float, default=20.0,
+                        help="lag allowed after warm-up, Spark, seconds (20)")
     parser.add_argument("--master", default="local[2]", help="Spark master (local[2])")
     parser.add_argument("--shards", type=int, default=0,
                         help="embedded: featurising threads (0: netsift's default)")
@@ -584,6 +599,8 @@ def main(argv: list[str] | None = None) -> int:
         engine, spool, out, window, lateness, master, shards = args.job
         run_job(engine, spool, out, window, lateness, master, int(shards) or None)
         return 0
+    # SIGTERM (kill, nohup'd runs ignore SIGINT) as an interrupt: jobs are stopped.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     if args.quick:
         args.rates, args.spark_rates = [250e3, 1e6], [10e3]
         args.step_seconds, args.sustain_seconds, args.warmup_seconds = 40, 60, 15
@@ -600,17 +617,22 @@ def main(argv: list[str] | None = None) -> int:
                              stop_early=not args.quick)
             table += ladder
             best = max((s.rate for s in ladder if s.verdict["sustained"]), default=None)
+            # The best rate is held to show it lasts; the embedded engine also holds the
+            # target rate, where the emission latency target is judged.
+            holds = [] if best is None or args.sustain_seconds <= 0 else [best]
+            if engine == "embedded" and holds and best > TARGET_RATE:
+                holds.append(TARGET_RATE)
             hold = []
-            if best is not None and args.sustain_seconds > 0:
-                print(f"{engine}: holding {best:,} packets/s for {args.sustain_seconds:.0f} s",
+            for rate in holds:
+                print(f"{engine}: holding {rate:,} packets/s for {args.sustain_seconds:.0f} s",
                       flush=True)
-                hold = session(engine, [best], args.sustain_seconds, args,
-                               Path(tmp) / "hold", stop_early=False)
-                for step in hold:
+                held = session(engine, [rate], args.sustain_seconds, args,
+                               Path(tmp) / f"hold-{rate}", stop_early=False)
+                for step in held:
                     step.engine = f"{engine} (hold {args.sustain_seconds:.0f} s)"
-                table += hold
-        results[engine] = {"best": best, "held": bool(hold) and hold[0].verdict["sustained"],
-                           "steps": ladder, "hold": hold}
+                hold += held
+            table += hold
+        results[engine] = {"best": best, "steps": ladder, "hold": hold}
     print()
     print(format_table(STEP_HEADERS, [step_row(s) for s in table]))
     print()
@@ -621,7 +643,8 @@ def main(argv: list[str] | None = None) -> int:
             "machine": machine(), "args": {k: v for k, v in vars(args).items()
                                            if k not in ("feed", "job", "json")},
             "steps": [{"engine": s.engine, "rate": s.rate, "seconds": s.seconds,
-                       "feeder_behind_s": s.feeder_behind_s, **s.verdict,
+                       "feeder_behind_s": s.feeder_behind_s, "early_windows": s.early[0],
+                       "early_redone": s.early[1], **s.verdict,
                        "samples": [dataclasses.asdict(x) for x in s.samples]}
                       for s in table],
             "summary": lines})
@@ -632,36 +655,39 @@ def summary_lines(results: dict[str, dict], args) -> list[str]:
     lines = []
     for engine, result in results.items():
         best, steps = result["best"], result["steps"] + result["hold"]
-        held = result["hold"][0] if result["hold"] else None
-        basis = held if held is not None else next(
-            (s for s in result["steps"] if s.rate == best), None)
-        close = basis.verdict["close_to_written"] if basis else []
-        e2e = basis.verdict["end_to_end"] if basis else []
+        best_held = next((s for s in result["hold"] if s.rate == best), None)
         best_text = f"{best:,} packets/s" if best else "none"
-        if held is not None:
+        if best_held is not None:
             best_text += (f", held {args.sustain_seconds:.0f} s: "
-                          f"{'sustained' if held.verdict['sustained'] else 'NOT sustained'}")
+                          f"{'sustained' if best_held.verdict['sustained'] else 'NOT sustained'}")
         lines.append(f"{engine}: best sustained rate {best_text}")
-        if close:
-            lines.append(f"{engine}: close -> written at that rate: p50 "
-                         f"{_percentile(close, 50):.2f} s, p99 {_percentile(close, 99):.2f} s, "
-                         f"max {max(close):.2f} s ({len(close)} emissions)")
-        if e2e:
-            lines.append(f"{engine}: end to end (window end + lateness -> file): p50 "
-                         f"{_percentile(e2e, 50):.2f} s, p99 {_percentile(e2e, 99):.2f} s, "
-                         f"max {max(e2e):.2f} s")
+        bases = result["hold"] or [s for s in result["steps"] if s.rate == best]
+        for basis in bases:
+            close, e2e = basis.verdict["close_to_written"], basis.verdict["end_to_end"]
+            if close:
+                lines.append(f"{engine}: close -> written at {basis.rate:,}/s: p50 "
+                             f"{_percentile(close, 50):.2f} s, p99 "
+                             f"{_percentile(close, 99):.2f} s, max {max(close):.2f} s "
+                             f"({len(close)} emissions)")
+            if e2e:
+                lines.append(f"{engine}: end to end (window end + lateness -> file) at "
+                             f"{basis.rate:,}/s: p50 {_percentile(e2e, 50):.2f} s, p99 "
+                             f"{_percentile(e2e, 99):.2f} s, max {max(e2e):.2f} s")
         loads = [s.verdict["load"] for s in steps if s.verdict.get("load") is not None]
         if loads:
             lines.append(f"{engine}: machine load average during the run "
                          f"{min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores")
         if engine == "embedded":
+            at_target = next((s for s in result["hold"] if s.rate == TARGET_RATE), None)
             sustained_1m = bool(best and best >= TARGET_RATE and
-                                (held is None or held.verdict["sustained"]))
+                                (at_target is None or at_target.verdict["sustained"]))
             lines.append(f"embedded >= {TARGET_RATE:,} packets/s sustained: "
                          f"{verdict(sustained_1m)}")
+            close = at_target.verdict["close_to_written"] if at_target else []
             if close:
                 lines.append(f"embedded windows written within {TARGET_EMIT_S:.0f} s of "
-                             f"closing (max): {verdict(max(close) <= TARGET_EMIT_S)}")
+                             f"closing at {TARGET_RATE:,}/s (max): "
+                             f"{verdict(max(close) <= TARGET_EMIT_S)}")
     return lines
 
 

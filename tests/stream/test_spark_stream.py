@@ -4,7 +4,6 @@ lose and repeat nothing, late packets and unreadable files counted, scoring as i
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import ipaddress
 import json
 import os
@@ -20,8 +19,8 @@ import pyarrow.compute as pc
 import pytest
 
 import netsift
+from netsift import pipeline
 from netsift.cli import main
-from netsift.errors import UsageError
 from netsift.features import FeatureSpec, compute_features, read_features
 from netsift.stream.spark_stream import SparkStreamConfig, SparkStreamJob
 
@@ -181,7 +180,6 @@ def test_late_packets_and_unreadable_files_are_counted(spark, capture, tmp_path)
 
 @pytest.mark.spark
 def test_model_scores_closed_windows_like_batch(spark, capture, tmp_path):
-    pipeline = pytest.importorskip("netsift.pipeline")
     files = make_spool(capture, tmp_path / "spool", 800)
     spec = FeatureSpec(window_ns=WINDOW_NS)
     features = compute_features(netsift.read_table(capture), spec)
@@ -204,15 +202,6 @@ def test_model_scores_closed_windows_like_batch(spark, capture, tmp_path):
     alerted = sorted((a["window_start_ns"], a["node"]) for a in map(json.loads, lines))
     assert alerted == sorted((a["window_start_ns"], a["node"]) for a in want_alerts)
     assert stats.alerts == len(want_alerts)
-
-
-@pytest.mark.skipif(importlib.util.find_spec("netsift.pipeline") is not None,
-                    reason="netsift.pipeline exists: scoring is supported")
-def test_model_is_refused_until_scoring_exists(tmp_path):
-    (tmp_path / "spool").mkdir()
-    with pytest.raises(UsageError, match="--model with --engine spark is not supported"):
-        SparkStreamJob(config(tmp_path / "spool", tmp_path / "out",
-                              model=tmp_path / "m.json"), spark=None)
 
 
 def test_cli_missing_spool_is_one_line_error(tmp_path, capsys):

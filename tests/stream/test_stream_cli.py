@@ -21,6 +21,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from test_stream_job import assert_same
 
 import netsift
 from netsift.features import FeatureSpec, compute_features
@@ -129,6 +130,35 @@ def test_late_file_is_counted_and_left_out(tmp_path):
     assert got.select("node", "window_start").equals(want.select("node", "window_start"))
 
 
+def test_window_featurised_early_is_redone_when_packets_follow(tmp_path):
+    """A window is featurised once the newest packet is lateness/10 past its end; a file
+    arriving out of order (within the lateness) adds packets to it: featurised again."""
+    capture = tmp_path / "lan.pcap"
+    capture.write_bytes(gzip.decompress((SAMPLES / "lan.pcap.gz").read_bytes()))
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    subprocess.run(["editcap", "-i", "1", str(capture), str(spool / "sec.pcap")],
+                   check=True, capture_output=True, timeout=60)
+    files = sorted(spool.iterdir())
+    base = time.time() - 3600
+    for i, path in enumerate(files):
+        order = {5: 6, 6: 5}.get(i, i)  # the sixth second arrives after the seventh
+        os.utime(path, (base + order, base + order))
+    done = netsift_cli("stream", "--spool", str(spool), "--window", "2s", "--lateness",
+                       "3s", "--drain", "--quiet", "--out", str(tmp_path / "O"))
+    assert done.returncode == 0, done.stderr.decode()
+    metrics = dict(line.split() for line in
+                   (tmp_path / "O" / "metrics.prom").read_text().splitlines())
+    assert metrics["netsift_stream_late_packets_total"] == "0"
+    assert int(metrics["netsift_stream_early_stale_total"]) >= 1
+    assert int(metrics["netsift_stream_early_windows_total"]) >= 1
+    want = pl.from_arrow(compute_features(netsift.read_table(capture),
+                                          FeatureSpec(window_ns=2_000_000_000)))
+    # Another arrival order in the window: floats to summation order (1e-9 relative).
+    assert_same(parts(tmp_path / "O", "features").sort("window_start", "node"),
+                want.sort("window_start", "node"))
+
+
 def test_status_line_every_interval_off_a_terminal(tmp_path):
     stream = io.StringIO()
     show = status_printer(stream, interval=0.2)
@@ -200,9 +230,11 @@ def test_featurising_in_node_shards_equals_one_call(lab, shards, monkeypatch):
                           shards=shards)
     for batch in packets.to_batches(max_chunksize=7000):
         buffer.add(batch)
-    parts = buffer.flush_shards()
-    assert len(parts) == shards
-    got = job.sharded(lambda t: compute_features(t, spec), shards)(parts)
+    windows = buffer.flush_windows()
+    assert all(w.rows == sum(p.num_rows for p in w.shards) for w in windows)
+    assert max(len(w.shards) for w in windows) == shards
+    featurize = job.sharded(lambda t: compute_features(t, spec), shards)
+    got = pa.concat_tables([featurize(w.shards) for w in windows])
     assert got.equals(want)
 
 

@@ -34,10 +34,11 @@ from netsift.errors import CaptureError, NetsiftError
 from netsift.ingest.reader import CaptureReader
 from netsift.stream.checkpoint import Checkpoint, Outputs
 from netsift.stream.sources import LiveCapture, watch_spool
-from netsift.stream.windows import WindowBuffer
+from netsift.stream.windows import Window, WindowBuffer
 
 log = logging.getLogger("netsift.stream")
 NS = 1_000_000_000
+EARLY_DIVISOR = 10  # a window is featurised early once lateness / 10 past its end
 
 
 @dataclass
@@ -73,6 +74,8 @@ class StreamStats:
     emit_last_s: float | None = None  # a window's closing -> its outputs written
     emit_max_s: float = 0.0
     emit_total_s: float = 0.0
+    early_windows: int = 0  # windows written from their early featurisation
+    early_stale: int = 0  # featurised early, then more packets came: featurised again
 
 
 @dataclass
@@ -111,6 +114,9 @@ class StreamJob:
         self._inflight: collections.deque[tuple[Future, bool]] = collections.deque()
         self._emissions_waiting = 0
         self._capture: LiveCapture | None = None
+        self._ended: set[int] = set()  # windows handed over early (main thread)
+        # start -> (packets then, feature rows); the writer thread's alone
+        self._early_features: dict[int, tuple[int, pa.Table]] = {}
         self._stop = False
         self._last_status = 0.0
         self._restore()
@@ -168,8 +174,21 @@ class StreamJob:
             self._emissions_waiting -= emission
             future.result()
 
-    def _emit(self, seq: int, packets: list[pa.Table], closed_at: float) -> None:
-        features = self.featurize(packets)
+    def _early(self, window: Window) -> None:
+        """Featurise a window that has ended but not closed (WindowBuffer.ended)."""
+        self._early_features[window.start_ns] = (window.rows, self.featurize(window.shards))
+
+    def _emit(self, seq: int, windows: list[Window], closed_at: float) -> None:
+        parts = []
+        for window in windows:
+            early = self._early_features.pop(window.start_ns, None)
+            if early is not None and early[0] == window.rows:
+                self.stats.early_windows += 1
+                parts.append(early[1])  # nothing arrived since: the same packets
+            else:
+                self.stats.early_stale += early is not None
+                parts.append(self.featurize(window.shards))
+        features = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
         scores, alerts = (None, [])
         if self.score is not None and features.num_rows:
             scores, alerts = self.score(features)
@@ -204,14 +223,24 @@ class StreamJob:
         """Add a batch; hand over what it closed. The newest packet time kept, or None."""
         self.stats.packets += batch.num_rows
         newest = self.buffer.add(batch)
-        closed = self.buffer.close_shards()
-        if closed is not None:
+        closed = self.buffer.close_windows()
+        if closed:
             self._hand_over(closed)
+        if self.buffer.lateness_ns:
+            # A window that ended a tenth of the lateness ago is featurised now, while the
+            # rest of the lateness passes; at its closing that result is written at once
+            # if no packet of it came meanwhile (else it is featurised again).
+            for start in self.buffer.ended(self.buffer.lateness_ns // EARLY_DIVISOR):
+                if start not in self._ended:
+                    self._ended.add(start)
+                    self._submit(self._early, self.buffer.snapshot(start), emission=True)
         return newest
 
-    def _hand_over(self, packets: list[pa.Table]) -> None:
+    def _hand_over(self, windows: list[Window]) -> None:
         self._queued += 1
-        self._submit(self._emit, self._queued, packets, time.monotonic(), emission=True)
+        self._submit(self._emit, self._queued, windows, time.monotonic(), emission=True)
+        until = self.buffer.closed_until
+        self._ended = {start for start in self._ended if start >= until}
 
     def _status(self, force: bool = False, show: bool = True) -> None:
         now = time.monotonic()
@@ -238,6 +267,8 @@ class StreamJob:
             f"netsift_stream_host_windows_total {s.windows}",
             f"netsift_stream_alerts_total {s.alerts}",
             f"netsift_stream_emissions_total {s.emitted}",
+            f"netsift_stream_early_windows_total {s.early_windows}",
+            f"netsift_stream_early_stale_total {s.early_stale}",
             f"netsift_stream_open_windows {self.buffer.open_windows()}",
             f"netsift_stream_open_packets {self.buffer.pending_rows}",
         ]
@@ -320,8 +351,8 @@ class StreamJob:
                 self.replay.append(_Replay(path.name, mtime_ns, newest))
             self._checkpoint()
         if self.config.drain and not self._stop:
-            rest = self.buffer.flush_shards()
-            if rest is not None:
+            rest = self.buffer.flush_windows()
+            if rest:
                 self._hand_over(rest)
             self._checkpoint()
 

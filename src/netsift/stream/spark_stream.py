@@ -173,12 +173,8 @@ def _terminated(query, timeout_s: float) -> bool:
 def _load_scorer(model: Path | None, spec: FeatureSpec):
     if model is None:
         return None
-    try:
-        from netsift.pipeline import load_scorer
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("netsift.pipeline", "netsift"):
-            raise
-        raise UsageError("--model with --engine spark is not supported yet") from None
+    from netsift.pipeline import load_scorer
+
     return load_scorer(model, spec)
 
 

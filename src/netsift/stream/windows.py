@@ -14,10 +14,13 @@ closing a window never copy or filter the packets of other windows.
 With ``shards`` > 1 each window's packets are also split by a hash of a key column (the
 node) as they arrive, so that a closed window can be featurised in node shards at once,
 without a pass over all its packets first. A node's packets are all in one shard, in
-arrival order.
+arrival order. ``ended()`` lists windows whose end the newest packet has passed while
+they are still open (within the lateness), so that work on them can start early.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -43,6 +46,25 @@ def shard_of(keys: pa.ChunkedArray | pa.Array, shards: int) -> np.ndarray:
     return shard
 
 
+@dataclass
+class Window:
+    """One window's packets: ``shards`` holds them split by node shard (non-empty ones,
+    zero-copy), ``rows`` counts them."""
+
+    start_ns: int
+    rows: int
+    shards: list[pa.Table]
+
+
+@dataclass
+class _Open:
+    rows: int = 0
+    slots: list[list[pa.Table]] = field(default_factory=list)  # per shard, as arrived
+
+    def window(self, start_ns: int) -> Window:
+        return Window(start_ns, self.rows, [pa.concat_tables(s) for s in self.slots if s])
+
+
 class WindowBuffer:
     """Packets of open windows; ``close()`` returns those of windows the watermark closed."""
 
@@ -56,8 +78,7 @@ class WindowBuffer:
         self.lateness_ns = lateness_ns
         self.columns = columns
         self.shard_key, self.shards = shard_key, shards
-        # window index -> per shard, the slices as they arrived
-        self.windows: dict[int, list[list[pa.Table]]] = {}
+        self.windows: dict[int, _Open] = {}  # by window index (start / width)
         self.pending_rows = 0
         self.max_ts: int | None = None
         self.closed_until: int | None = None  # every window starting before this is closed
@@ -119,58 +140,68 @@ class WindowBuffer:
                 self._append(first + k, ordered.slice(a, b - a))
 
     def _append(self, window: int, table: pa.Table) -> None:
-        slots = self.windows.setdefault(window, [[] for _ in range(self.shards)])
+        held = self.windows.get(window)
+        if held is None:
+            held = self.windows[window] = _Open(slots=[[] for _ in range(self.shards)])
+        held.rows += table.num_rows
         self.pending_rows += table.num_rows
         if self.shards == 1:
-            held = table.get_total_buffer_size()
-            if held > COMPACT_MIN_BYTES and held > COMPACT_RATIO * table.nbytes:
+            size = table.get_total_buffer_size()
+            if size > COMPACT_MIN_BYTES and size > COMPACT_RATIO * table.nbytes:
                 table = table.take(pa.array(np.arange(table.num_rows)))
-            slots[0].append(table)
+            held.slots[0].append(table)
             return
         shard = shard_of(table.column(self.shard_key), self.shards)
         for i in range(self.shards):
             part = table.filter(pa.array(shard == i))  # a copy: nothing else kept alive
             if part.num_rows:
-                slots[i].append(part)
+                held.slots[i].append(part)
 
     def close(self) -> pa.Table | None:
         """Packets of the windows the watermark has closed since the last call, or None."""
-        return _joined(self.close_shards())
+        return _joined(self.close_windows())
 
-    def close_shards(self) -> list[pa.Table] | None:
-        """As :meth:`close`, one table per non-empty shard."""
+    def close_windows(self) -> list[Window]:
+        """As :meth:`close`, window by window (oldest first; empty: none closed)."""
         wm = self.watermark
         if wm is None:
-            return None
+            return []
         boundary = (wm // self.width_ns) * self.width_ns
         if self.closed_until is not None and boundary <= self.closed_until:
-            return None
+            return []
         self.closed_until = boundary
         return self._take_before(boundary)
 
     def flush(self) -> pa.Table | None:
         """Close every window (the input has ended)."""
-        return _joined(self.flush_shards())
+        return _joined(self.flush_windows())
 
-    def flush_shards(self) -> list[pa.Table] | None:
-        """As :meth:`flush`, one table per non-empty shard."""
+    def flush_windows(self) -> list[Window]:
+        """As :meth:`flush`, window by window."""
         if self.max_ts is None:
-            return None
+            return []
         boundary = (self.max_ts // self.width_ns + 1) * self.width_ns
         self.closed_until = max(boundary, self.closed_until or boundary)
         return self._take_before(boundary)
 
-    def _take_before(self, boundary: int) -> list[pa.Table] | None:
-        """Remove and return, per shard, the packets of windows starting before
-        ``boundary`` (zero-copy: the slices as they arrived, window by window)."""
+    def ended(self, after_ns: int) -> list[int]:
+        """Starts of the open windows whose end the newest packet has passed by
+        ``after_ns`` or more (more packets may still come until they close)."""
+        if self.max_ts is None:
+            return []
+        return [w * self.width_ns for w in sorted(self.windows)
+                if (w + 1) * self.width_ns + after_ns <= self.max_ts]
+
+    def snapshot(self, start_ns: int) -> Window:
+        """The packets an open window holds now."""
+        return self.windows[start_ns // self.width_ns].window(start_ns)
+
+    def _take_before(self, boundary: int) -> list[Window]:
+        """Remove and return the windows starting before ``boundary``."""
         closing = sorted(w for w in self.windows if w * self.width_ns < boundary)
-        if not closing:
-            return None
-        slots = [self.windows.pop(w) for w in closing]
-        out = [pa.concat_tables(parts) for i in range(self.shards)
-               if (parts := [part for slot in slots for part in slot[i]])]
-        self.pending_rows -= sum(t.num_rows for t in out)
-        return out or None
+        out = [self.windows.pop(w).window(w * self.width_ns) for w in closing]
+        self.pending_rows -= sum(window.rows for window in out)
+        return out
 
     # -- checkpointing ---------------------------------------------------------------
 
@@ -188,10 +219,11 @@ class WindowBuffer:
             self.add(pending, replay=True)
 
     def pending_table(self) -> pa.Table | None:
-        parts = [part for w in sorted(self.windows) for slot in self.windows[w]
+        parts = [part for w in sorted(self.windows) for slot in self.windows[w].slots
                  for part in slot]
         return pa.concat_tables(parts) if parts else None
 
 
-def _joined(shards: list[pa.Table] | None) -> pa.Table | None:
-    return None if shards is None else pa.concat_tables(shards)
+def _joined(windows: list[Window]) -> pa.Table | None:
+    parts = [shard for window in windows for shard in window.shards]
+    return pa.concat_tables(parts) if parts else None
