@@ -15,7 +15,7 @@ Every engine run happens in a fresh child process, so peak memory is that run's 
 peak RSS of the process tree (for Spark: the Python driver plus its JVM), sampled every
 50 ms. Reported time is wall time of the feature computation including reading Parquet
 and writing the feature table, excluding interpreter and JVM start-up (Spark session
-start-up is reported separately) and a warm-up on the dataset's smallest file (numba
+start-up is reported separately) and a warm-up on the dataset's first row group (numba
 loads its compiled kernels, Spark generates its plan code).
 """
 
@@ -158,9 +158,13 @@ def make_dataset(packets_per_hour: int, hours: int, seed: int = 7) -> Path:
 def _child(engine: str, dataset: str, out: str, master: str) -> None:
     """Time ``write_features`` once; print a JSON line (seconds, rows, packets).
 
-    Before the timed run each engine computes the features of one small file of the
-    dataset, untimed: numba loads its compiled kernels, Spark compiles its plan code.
+    Before the timed run each engine computes, untimed, the features of the dataset's
+    first row group (written to a file of its own): numba loads its compiled kernels,
+    Spark compiles its plan code. The warm-up is the same small input at every scale, so
+    no scale runs over data an earlier pass has already brought into memory.
     """
+    import pyarrow.parquet as pq
+
     import netsift.features as nf
     from netsift import store
 
@@ -176,8 +180,10 @@ def _child(engine: str, dataset: str, out: str, master: str) -> None:
                                   "spark.sql.shuffle.partitions": "8"})
         spark.range(1).count()  # the JVM is up and a job has run
         session_seconds = time.perf_counter() - started
-    warm_up = min(store.dataset_files(dataset), key=os.path.getsize)
-    nf.compute_features(warm_up, spec, engine=engine, spark=spark)
+    warm_up = Path(out).with_name("warm-up.parquet")
+    first = pq.ParquetFile(sorted(store.dataset_files(dataset))[0])
+    pq.write_table(first.read_row_group(0), warm_up)
+    nf.compute_features(str(warm_up), spec, engine=engine, spark=spark)
     started = time.perf_counter()
     run = nf.write_features(dataset, out, spec, engine=engine, spark=spark)
     seconds = time.perf_counter() - started
@@ -230,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="multiples of --packets to run (default 1 2 4)")
     parser.add_argument("--engines", nargs="+", choices=("polars", "spark"),
                         default=["polars", "spark"])
+    parser.add_argument("--spark-scales", type=int, nargs="+",
+                        help="scales to run Spark at (default: --scales)")
     parser.add_argument("--master", default="local[*]", help="Spark master (local[*])")
     parser.add_argument("--quick", action="store_true", help="2 M packets, scales 1 2")
     parser.add_argument("--json", type=Path, metavar="OUT", help="write results here")
@@ -245,7 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     for scale in args.scales:
         print(f"dataset {scale}x: {per_hour * scale:,} packets ...", file=sys.stderr)
         dataset = make_dataset(per_hour, scale)
+        os.sync()  # a dataset just written is not flushed to disk during a timed run
         for engine in args.engines:
+            if engine == "spark" and args.spark_scales and scale not in args.spark_scales:
+                continue
             result = run_engine(engine, dataset, args.master)
             result["scale"] = scale
             result["rate"] = result["packets"] / result["seconds"]

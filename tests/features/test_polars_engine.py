@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  pa.compute
+import pyarrow.parquet as pq
 import pytest
 from feature_reference import assert_same, features
 
@@ -69,6 +71,32 @@ def test_dataset_in_hour_chunks_equals_one_pass(three_hours, window):
     if window != "2h":
         assert len(chunked) > 1
     assert_same(pa.concat_tables(chunked), features(table, spec), window)
+
+
+@pytest.mark.parametrize("window", ["1s", "60s", "7m"])
+@pytest.mark.parametrize("order", ["capture", "shuffled"])
+def test_kernel_slices_of_whole_windows_equal_one_pass(tmp_path, monkeypatch, window, order):
+    """An hour is featurised in slices of row groups: whole windows each, in window order;
+    row groups whose times overlap (out-of-order packets) share a slice."""
+    table = synthetic(6000, 0.5, seed=5)
+    if order == "shuffled":
+        table = table.take(np.random.default_rng(1).permutation(table.num_rows))
+    root = tmp_path / "packets"
+    store.write_stream(table.to_batches(), root, "a")
+    for path in root.glob("date=*/hour=*/*.parquet"):  # small row groups: many slices
+        pq.write_table(pq.read_table(path), path, row_group_size=250)
+    spec = nf.FeatureSpec(window_ns=nf.parse_duration(window))
+    monkeypatch.setattr(pe, "SLICE_ROWS", 500)
+    slices = [s for chunk in pe.chunks(pe.packet_files(root), spec.window_ns)
+              for s in pe._slices(chunk, spec)]
+    windows = [pa.compute.drop_null(s.column("ts")).to_numpy() // spec.window_ns
+               for s in slices]
+    for before, after in zip(windows, windows[1:], strict=False):
+        assert before.max() < after.min()  # disjoint, in order: no window cut in two
+    assert sum(len(w) for w in windows) == table.num_rows - table.column("ts").null_count
+    if order == "capture" and window != "7m":
+        assert len(slices) > 4
+    assert_same(pa.concat_tables(pe.batches(root, spec)), features(table, spec), window)
 
 
 def test_chunks_never_split_a_window():

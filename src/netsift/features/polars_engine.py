@@ -393,6 +393,84 @@ def _read_chunk(chunk: _Chunk, spec: fs.FeatureSpec) -> pa.Table:
     return dataset.to_table(columns=spec.input_columns(), filter=where)
 
 
+#: Packets the kernel takes at once, about (whole windows): its working memory is a few
+#: hundred bytes a packet, so an hour partition is featurised in slices of whole windows.
+SLICE_ROWS = 2_000_000
+
+
+def _slices(chunk: _Chunk, spec: fs.FeatureSpec) -> Iterator[pa.Table]:
+    """The chunk's packets in slices of whole windows, in window order.
+
+    Row groups are read in the order of their first ``ts`` (Parquet statistics). Once
+    ``SLICE_ROWS`` packets are held, those of windows before the next row group's first
+    window are complete: they are a slice, the rest waits for the next. Packets in
+    capture order (what ``netsift ingest`` writes) give slices of about ``SLICE_ROWS``;
+    out of order, slices grow (the same result, more memory), and files without
+    statistics are read whole.
+    """
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    width, columns = spec.window_ns, spec.input_columns()
+    lo_ns = chunk.start if chunk.start is not None else -(2**63)
+    hi_ns = chunk.end - 1 if chunk.end is not None else 2**63 - 1
+    cut_range = chunk.start is not None and not _whole_hours(chunk)
+    groups = []  # (first window, file, row group)
+    files, kinds = {}, None
+    for path in chunk.files:
+        reader = files[path] = pq.ParquetFile(path)
+        names = reader.schema_arrow.names
+        types = [reader.schema_arrow.field(c).type if c in names else None for c in columns]
+        if None in types or (kinds is not None and types != kinds):
+            # a column missing (the dataset reader reports it) or typed differently
+            # between files (the dataset reader unifies): read the chunk as a whole
+            yield _read_chunk(chunk, spec)
+            return
+        kinds = types
+        ts = names.index("ts")
+        for g in range(reader.metadata.num_row_groups):
+            group = reader.metadata.row_group(g)
+            stats = group.column(ts).statistics
+            if stats is not None and stats.null_count == group.num_rows:
+                continue  # no packet with a time: in no window
+            if stats is None or not stats.has_min_max:
+                yield _read_chunk(chunk, spec)
+                return
+            if max(stats.min, lo_ns) <= min(stats.max, hi_ns):
+                groups.append((max(stats.min, lo_ns) // width, path, g))
+    if not groups:
+        yield _read_chunk(chunk, spec)  # nothing in range: the empty table, typed
+        return
+    groups.sort(key=lambda group: group[0])
+    held: list[pa.Table] = []
+    rows, sliced = 0, False
+    for i, (_, path, g) in enumerate(groups):
+        table = files[path].read_row_group(g, columns=columns)
+        if cut_range:
+            t = table.column("ts")
+            table = table.filter(pc.and_(pc.greater_equal(t, chunk.start),
+                                         pc.less(t, chunk.end)))
+        held.append(table)
+        rows += table.num_rows
+        if rows < SLICE_ROWS or i + 1 == len(groups):
+            continue
+        table = pa.concat_tables(held)
+        # Packets without a time go with the slice (the kernel drops them).
+        ready = pc.fill_null(pc.less(table.column("ts"), groups[i + 1][0] * width), True)
+        done = pc.sum(ready).as_py() or 0
+        if pc.all(pc.equal(ready.slice(0, done), True)).as_py() is not False:
+            slice_, rest = table.slice(0, done), table.slice(done)  # in order: no copy
+        else:
+            slice_, rest = table.filter(ready), table.filter(pc.invert(ready))
+        if slice_.num_rows:
+            yield slice_
+            sliced = True
+        held, rows = [rest], rest.num_rows
+    table = pa.concat_tables(held)
+    if table.num_rows or not sliced:
+        yield table
+
+
 def _whole_hours(chunk: _Chunk) -> bool:
     """Whether every file of ``chunk`` is an hour partition inside [start, end)."""
     for f in chunk.files:
@@ -445,7 +523,8 @@ def batches(source: PacketSource, spec: fs.FeatureSpec = fs.FeatureSpec(),
         return
     for chunk in chunks(packet_files(source), spec.window_ns):
         if engine == KERNEL:
-            yield _kernel(_read_chunk(chunk, spec), spec)
+            parts = [_kernel(table, spec) for table in _slices(chunk, spec)]
+            yield parts[0] if len(parts) == 1 else pa.concat_tables(parts)
             continue
         lf = prepare(_read_chunk(chunk, spec), spec.input_columns()).lazy()
         first_window = windows = None
