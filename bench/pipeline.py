@@ -1,7 +1,7 @@
 """Benchmark the batch pipeline on a Spark cluster: tshark JSON against netsift, end to end.
 
-    python bench/pipeline.py                          # 300 k packets in 8 capture files
-    python bench/pipeline.py --packets 100000 --files 4
+    python bench/pipeline.py                          # 3 M packets in 8 capture files
+    python bench/pipeline.py --packets 300000         # smaller: a few minutes less
     python bench/pipeline.py --json bench/out/pipeline.json
 
 Both paths start from the same capture files and end with the same per-host feature
@@ -291,9 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("--packets", type=float, default=300_000,
-                        help="packets in the capture set (default 3e5; tshark -T json "
-                             "manages about 5-10 k packets/s per core)")
+    parser.add_argument("--packets", type=float, default=3_000_000,
+                        help="packets in the capture set (default 3e6; tshark -T json "
+                             "manages about 5-12 k packets/s per core)")
     parser.add_argument("--files", type=int, default=8, help="capture files (default 8)")
     parser.add_argument("--replay", choices=("shift", "hosts"), default="shift",
                         help="shift: the LAN's own hosts, copies shifted in time "
