@@ -111,6 +111,17 @@ def children(pid: int) -> list[int]:
         return []
 
 
+def packets_seen(out: Path) -> int:
+    """``netsift_stream_packets_total`` from the job's metrics file (0 before it exists)."""
+    time.sleep(1.1)  # the file is rewritten every second
+    try:
+        lines = (out / "metrics.prom").read_text().splitlines()
+    except OSError:
+        return 0
+    values = dict(line.split() for line in lines if line and not line.startswith("#"))
+    return int(float(values.get("netsift_stream_packets_total", 0)))
+
+
 def features(out: Path) -> pl.DataFrame:
     tables = [pq.read_table(p) for p in sorted((out / "features").glob("part-*.parquet"))]
     return pl.from_arrow(pa.concat_tables(tables)).sort("window_start", "node")
@@ -124,7 +135,14 @@ def test_live_interface_windows_appear_and_sigterm_stops(pair, tool, tmp_path):
     # The capture program runs (as netsift's child) and has opened the interface.
     wait_for(lambda: children(proc.pid) or proc.poll() is not None, f"{tool} to start", 60)
     assert proc.poll() is None, proc.stderr.read().decode()
-    time.sleep(1.0)
+    # The capture is live once netsift has seen a packet (a started capture program may
+    # not have opened the interface yet); only then the 30 pings are counted on.
+    for _ in range(40):
+        pair.ping(1)
+        if packets_seen(out):
+            break
+    else:
+        pytest.fail(f"{tool} captured nothing in 40 pings")
     pair.ping(30)
     wait_for(lambda: list((out / "features").glob("part-*.parquet")), "a closed window", 20)
     proc.send_signal(signal.SIGTERM)

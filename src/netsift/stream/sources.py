@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from collections.abc import Set as AbstractSet
@@ -120,6 +121,9 @@ def capture_command(interface: str, tool: str | None = None,
     return cmd
 
 
+STOP_GRACE_S = 0.5  # a stopped capture program's last moments: see LiveCapture.interrupt
+
+
 class LiveCapture:
     """A running capture subprocess; ``stdout`` is its pcap stream."""
 
@@ -131,8 +135,19 @@ class LiveCapture:
         self.stopped = False  # we asked it to end: its exit status is ours, not a failure
 
     def interrupt(self) -> None:
-        """Ask the capture to end (safe in a signal handler): its output then ends."""
+        """Ask the capture to end (safe in a signal handler): its output then ends.
+
+        The capture program runs ``STOP_GRACE_S`` more, so that packets on the wire before
+        the request, still in the kernel's capture buffer (dumpcap reads it in blocks),
+        reach its output rather than being dropped at its exit."""
+        if self.stopped:
+            return
         self.stopped = True
+        timer = threading.Timer(STOP_GRACE_S, self._terminate)
+        timer.daemon = True
+        timer.start()
+
+    def _terminate(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
 
