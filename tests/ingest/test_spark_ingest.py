@@ -15,6 +15,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from frames import assert_same_frames
 
 from netsift import read_table, store
 from netsift.cli import main
@@ -227,18 +228,6 @@ def test_dataset_equals_the_embedded_ingest(tree, spark, embedded, distributed):
     assert set(skipped) == {"damaged.pcap", "cut.pcap.gz"}
 
 
-def assert_same_features(got: pl.DataFrame, want: pl.DataFrame) -> None:
-    """Same rows; integers and modes exact, floats to 1e-9 relative (summation order
-    follows the files' row order, which splits change)."""
-    assert got.columns == want.columns and got.height == want.height > 0
-    for name in want.columns:
-        if want[name].dtype.is_float():
-            a, b = got[name].to_numpy(), want[name].to_numpy()
-            assert ((a == b) | (abs(a - b) <= 1e-9 * abs(b)) | (a != a) & (b != b)).all(), name
-        else:
-            assert got[name].equals(want[name]), name
-
-
 @pytest.mark.spark
 def test_features_equal_between_engines_and_ingests(spark, embedded, distributed):
     def features(root: Path, engine: str) -> pl.DataFrame:
@@ -246,8 +235,8 @@ def test_features_equal_between_engines_and_ingests(spark, embedded, distributed
         return pl.from_arrow(table).sort("window_start", "node")
 
     want = features(embedded[1], "polars")
-    assert_same_features(features(distributed[1], "polars"), want)
-    assert_same_features(features(distributed[1], "spark"), want)
+    assert_same_frames(features(distributed[1], "polars"), want)
+    assert_same_frames(features(distributed[1], "spark"), want)
 
 
 @pytest.mark.spark

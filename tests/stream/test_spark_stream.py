@@ -17,6 +17,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from frames import assert_same_frames
 
 import netsift
 from netsift import pipeline
@@ -65,18 +66,6 @@ def stream_features(out: Path) -> pl.DataFrame:
     return pl.from_arrow(read_features(out / "features")).sort("window_start", "node")
 
 
-def assert_same(got: pl.DataFrame, want: pl.DataFrame) -> None:
-    """Same rows; integers and modes exact, floats to 1e-9 relative (summation order)."""
-    assert got.columns == want.columns and got.height == want.height > 0
-    assert got.select("node", "window_start").is_unique().all(), "duplicate rows"
-    for name in want.columns:
-        if want[name].dtype.is_float():
-            a, b = got[name].to_numpy(), want[name].to_numpy()
-            assert ((a == b) | (abs(a - b) <= 1e-9 * abs(b)) | (a != a) & (b != b)).all(), name
-        else:
-            assert got[name].equals(want[name]), name
-
-
 def state(out: Path) -> dict:
     return json.loads((out / "_checkpoint_spark" / "state.json").read_text())
 
@@ -87,7 +76,7 @@ def test_drain_equals_batch(spark, capture, tmp_path):
     assert len(files) == 3
     stats = SparkStreamJob(config(tmp_path / "spool", tmp_path / "out", drain=True),
                            spark).run()
-    assert_same(stream_features(tmp_path / "out"), batch_features(files))
+    assert_same_frames(stream_features(tmp_path / "out"), batch_features(files))
     assert stats.batches == 3 and stats.late == 0 and stats.packets == 2295
     assert stats.emitted >= 3  # windows closed batch by batch, not only at the end
     assert stats.files_done == [f.name for f in files]
@@ -146,7 +135,7 @@ def test_restart_continues_without_loss_or_duplicates(spark, capture, tmp_path, 
     shutil.copy(out / "features" / f"part-{emitted:08d}.parquet", leftover)
 
     stats = SparkStreamJob(config(spool, out, node="dst", drain=True), spark).run()
-    assert_same(stream_features(out), batch_features(files, node="dst"))
+    assert_same_frames(stream_features(out), batch_features(files, node="dst"))
     assert stats.late == 0 and stats.packets == 2295 and stats.batches == 4
     assert stats.files_done == [f.name for f in files]
 
@@ -166,7 +155,7 @@ def test_late_packets_and_unreadable_files_are_counted(spark, capture, tmp_path)
     os.utime(junk, (middle, middle))
     stats = SparkStreamJob(config(spool, out, drain=True), spark).run()
 
-    assert_same(stream_features(out), batch_features(files))
+    assert_same_frames(stream_features(out), batch_features(files))
     assert stats.failed_files == [str(junk)] and stats.batches == 5
     newest = max(pc.max(netsift.read_table(f).column("ts")).as_py() for f in files)
     closed_until = (newest - LATENESS_NS) // WINDOW_NS * WINDOW_NS
@@ -192,7 +181,7 @@ def test_model_scores_closed_windows_like_batch(spark, capture, tmp_path):
     stats = SparkStreamJob(config(tmp_path / "spool", tmp_path / "out", drain=True,
                                   model=model), spark).run()
 
-    assert_same(stream_features(tmp_path / "out"), batch_features(files))
+    assert_same_frames(stream_features(tmp_path / "out"), batch_features(files))
     got = pl.from_arrow(read_features(tmp_path / "out" / "scores")) \
         .sort("window_start", "node")
     want = pl.from_arrow(want_scores).sort("window_start", "node")

@@ -21,7 +21,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_stream_job import assert_same
+from frames import assert_same_frames
 
 import netsift
 from netsift.features import FeatureSpec, compute_features
@@ -155,7 +155,7 @@ def test_window_featurised_early_is_redone_when_packets_follow(tmp_path):
     want = pl.from_arrow(compute_features(netsift.read_table(capture),
                                           FeatureSpec(window_ns=2_000_000_000)))
     # Another arrival order in the window: floats to summation order (1e-9 relative).
-    assert_same(parts(tmp_path / "O", "features").sort("window_start", "node"),
+    assert_same_frames(parts(tmp_path / "O", "features").sort("window_start", "node"),
                 want.sort("window_start", "node"))
 
 

@@ -15,6 +15,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from frames import assert_same_frames
 
 import netsift
 from netsift.features import FeatureSpec, compute_features
@@ -50,17 +51,6 @@ def batch_features(capture: Path) -> pl.DataFrame:
     return pl.from_arrow(table).sort("window_start", "node")
 
 
-def assert_same(got: pl.DataFrame, want: pl.DataFrame) -> None:
-    """Same rows; integers and modes exact, floats to 1e-9 relative (summation order)."""
-    assert got.columns == want.columns and got.height == want.height > 0
-    for name in want.columns:
-        if want[name].dtype.is_float():
-            a, b = got[name].to_numpy(), want[name].to_numpy()
-            assert ((a == b) | (abs(a - b) <= 1e-9 * abs(b)) | (a != a) & (b != b)).all(), name
-        else:
-            assert got[name].equals(want[name]), name
-
-
 def run_stream(spool: Path, out: Path, *extra: str, **kwargs) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "netsift.cli", "stream", "--spool", str(spool), "--out",
            str(out), "--window", WINDOW, "--lateness", "1s", "--quiet", *extra]
@@ -72,7 +62,7 @@ def test_stream_over_spool_equals_batch(capture, tmp_path):
     proc = run_stream(tmp_path / "spool", tmp_path / "out", "--drain")
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    assert_same(stream_features(tmp_path / "out"), batch_features(capture))
+    assert_same_frames(stream_features(tmp_path / "out"), batch_features(capture))
     metrics = (tmp_path / "out" / "metrics.prom").read_text()
     assert "netsift_stream_late_packets_total 0" in metrics
 
@@ -109,7 +99,7 @@ def test_sigkill_at_random_moments_loses_and_repeats_nothing(capture, tmp_path):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert files_done(out) == len(files)
-    assert_same(stream_features(out), batch_features(capture))
+    assert_same_frames(stream_features(out), batch_features(capture))
 
 
 def test_sigterm_stops_gracefully_and_resume_completes(capture, tmp_path):
@@ -118,21 +108,18 @@ def test_sigterm_stops_gracefully_and_resume_completes(capture, tmp_path):
     hidden = [f.rename(f.with_name("_" + f.name)) for f in files[3:]]  # not yet "arrived"
     proc = run_stream(spool, tmp_path / "out", "--settle", "10ms")
     deadline = time.monotonic() + 60
-    state = tmp_path / "out" / "_checkpoint" / "state.json"
-    while time.monotonic() < deadline:
-        if state.exists() and len(json.loads(state.read_text())["files_done"]) == 3:
-            break
+    while time.monotonic() < deadline and files_done(tmp_path / "out") != 3:
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    assert len(json.loads(state.read_text())["files_done"]) == 3
+    assert files_done(tmp_path / "out") == 3
     for f in hidden:
         f.rename(f.with_name(f.name[1:]))
     proc = run_stream(spool, tmp_path / "out", "--drain")
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    assert_same(stream_features(tmp_path / "out"), batch_features(capture))
+    assert_same_frames(stream_features(tmp_path / "out"), batch_features(capture))
 
 
 def test_missing_spool_is_one_line_error(tmp_path):

@@ -21,7 +21,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_stream_job import assert_same
+from frames import assert_same_frames
 
 import netsift
 from netsift.features import FeatureSpec, compute_features
@@ -204,4 +204,4 @@ def test_spool_rotated_by_capture_tool_equals_batch(pair, rotate, tmp_path):
     packets = pa.concat_tables([netsift.read_table(f) for f in files])
     want = pl.from_arrow(compute_features(packets, FeatureSpec(window_ns=WINDOW_NS))) \
         .sort("window_start", "node")
-    assert_same(features(out), want)
+    assert_same_frames(features(out), want)

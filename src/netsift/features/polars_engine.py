@@ -458,7 +458,7 @@ def _slices(chunk: _Chunk, spec: fs.FeatureSpec) -> Iterator[pa.Table]:
         # Packets without a time go with the slice (the kernel drops them).
         ready = pc.fill_null(pc.less(table.column("ts"), groups[i + 1][0] * width), True)
         done = pc.sum(ready).as_py() or 0
-        if pc.all(pc.equal(ready.slice(0, done), True)).as_py() is not False:
+        if pc.all(ready.slice(0, done)).as_py() is not False:
             slice_, rest = table.slice(0, done), table.slice(done)  # in order: no copy
         else:
             slice_, rest = table.filter(ready), table.filter(pc.invert(ready))
