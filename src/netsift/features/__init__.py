@@ -17,6 +17,7 @@ import shutil
 import time
 import uuid
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,8 +122,6 @@ _ROWS_PER_FILE = 1 << 20
 def _write_parts(part: pa.Table, directory: Path, index: int) -> None:
     """``part`` as ``part-INDEX-J.parquet`` files of up to 1 Mi rows, written in parallel
     (Parquet encoding is single-threaded per file; names sort in row order)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     pieces = [part.slice(start, _ROWS_PER_FILE)
               for start in range(0, max(1, part.num_rows), _ROWS_PER_FILE)]
     paths = [directory / f"part-{index:05d}-{j:04d}.parquet" for j in range(len(pieces))]
@@ -171,11 +170,18 @@ def write_features(source, out: str | os.PathLike, spec: FeatureSpec = FeatureSp
             from netsift.features import polars_engine
 
             tmp.mkdir()
-            for i, part in enumerate(polars_engine.batches(source, spec, device=device)):
-                _write_parts(part, tmp, i)
-                rows += part.num_rows
-                if "packets" in part.column_names:
-                    packets += pc.sum(part.column("packets")).as_py() or 0
+            # Each part is written while the next is computed; at most one waits.
+            with ThreadPoolExecutor(max_workers=1) as writer:
+                pending = None
+                for i, part in enumerate(polars_engine.batches(source, spec, device=device)):
+                    if pending is not None:
+                        pending.result()
+                    pending = writer.submit(_write_parts, part, tmp, i)
+                    rows += part.num_rows
+                    if "packets" in part.column_names:
+                        packets += pc.sum(part.column("packets")).as_py() or 0
+                if pending is not None:
+                    pending.result()
         else:
             from netsift.features import spark_engine
             from netsift.platform.spark import get_session

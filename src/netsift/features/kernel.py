@@ -18,6 +18,7 @@ Results equal the Polars query's and Spark's (the parity suite runs it as an eng
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -146,21 +147,27 @@ def _mix(hi, lo):
 
 
 @nb.njit(**_OPTS)
-def _window_order(window, n_windows):
-    """Packet indices grouped by dense window id (stable), and each window's start offset."""
+def _window_order(window, n_windows, order):
+    """Packet indices grouped by dense window id (stable) into ``order``; returns each
+    window's start offset. Packets in time order need no sort."""
     n = window.shape[0]
     starts = np.zeros(n_windows + 1, np.int64)
+    ordered = True
     for i in range(n):
         starts[window[i] + 1] += 1
+        ordered &= i == 0 or window[i] >= window[i - 1]
     for w in range(n_windows):
         starts[w + 1] += starts[w]
+    if ordered:
+        for i in range(n):
+            order[i] = i
+        return starts
     fill = starts[:-1].copy()
-    order = np.empty(n, np.int64)
     for i in range(n):
         w = window[i]
         order[fill[w]] = i
         fill[w] += 1
-    return order, starts
+    return starts
 
 
 @nb.njit(parallel=True, **_OPTS)
@@ -170,57 +177,53 @@ def _window_ids(ts, width, first_window, out):
 
 
 @nb.njit(**_OPTS)
-def _radix_order32(keys):
-    """Indices that sort 32-bit ``keys`` (two 16-bit counting passes)."""
+def _radix_sort32(keys, items, key_tmp, item_tmp):
+    """Sort ``items`` by the 32-bit ``keys`` in place (stable; both arrays permuted), by
+    two 16-bit counting passes through ``key_tmp`` / ``item_tmp`` (as long). A pass whose
+    digit is the same for every key (nodes within one /16) is skipped."""
     n = keys.shape[0]
-    index = np.arange(n)
-    scratch = np.empty(n, np.int64)
+    counts = np.empty(65537, np.int64)
+    in_tmp = False
     for shift in (0, 16):
-        counts = np.zeros(65537, np.int64)
+        source_k, source_v = (key_tmp, item_tmp) if in_tmp else (keys, items)
+        target_k, target_v = (keys, items) if in_tmp else (key_tmp, item_tmp)
+        counts[:] = 0
         for i in range(n):
-            counts[((keys[index[i]] >> shift) & 0xFFFF) + 1] += 1
+            counts[((source_k[i] >> shift) & 0xFFFF) + 1] += 1
+        if counts[((source_k[0] >> shift) & 0xFFFF) + 1] == n:
+            continue
         for d in range(65536):
             counts[d + 1] += counts[d]
         for i in range(n):
-            digit = (keys[index[i]] >> shift) & 0xFFFF
-            scratch[counts[digit]] = index[i]
-            counts[digit] += 1
-        index, scratch = scratch, index
-    return index
+            d = (source_k[i] >> shift) & 0xFFFF
+            target_k[counts[d]] = source_k[i]
+            target_v[counts[d]] = source_v[i]
+            counts[d] += 1
+        in_tmp = not in_tmp
+    if in_tmp:
+        keys[:] = key_tmp
+        items[:] = item_tmp
 
 
 @nb.njit(**_OPTS)
 def _rank_order(found_hi, found_lo, count):
     """Indices of distinct nodes in (hi, lo) order: the order their bytes compare in."""
-    all_v4 = True
-    for e in range(count):
-        if found_hi[e] != 0 or (found_lo[e] >> np.uint64(32)) != _V4_MAPPED:
-            all_v4 = False
-            break
-    if all_v4 and count > 256:  # the usual case: IPv4 nodes only, keys are 32 bits
-        keys = np.empty(count, np.int64)
-        for e in range(count):
-            keys[e] = np.int64(found_lo[e] & np.uint64(0xFFFFFFFF))
-        return _radix_order32(keys)
     by_lo = np.argsort(found_lo[:count])  # keys are distinct: any sort is stable enough
     return by_lo[np.argsort(found_hi[:count][by_lo], kind="mergesort")]
 
 
 @nb.njit(**_OPTS)
-def _assign_nodes(order, lo_i, hi_i, node_raw, local, first):
-    """Dense node ids for packets ``order[lo_i:hi_i]``, then renumbered in address order.
-
-    ``node_raw`` holds each packet's address as two big-endian uint64 words. Writes each
-    packet's node rank into ``local`` (by position in ``order``) and, for rank ``r``, the
-    index of a packet of that node into ``first[lo_i + r]``; returns the number of nodes.
-    """
+def _node_ranks(order, lo_i, hi_i, node_raw):
+    """Per packet ``order[lo_i:hi_i]``, its node's rank in address order (any addresses:
+    an open addressing hash table gives dense ids, sorted afterwards); and the count."""
+    m = hi_i - lo_i
     capacity = 64
-    while capacity < 2 * min(hi_i - lo_i, 4096):
+    while capacity < 2 * min(m, 4096):
         capacity *= 2
     table = np.full(capacity, _EMPTY, np.int64)
     found_hi = np.empty(capacity // 2 + 1, np.uint64)
     found_lo = np.empty(capacity // 2 + 1, np.uint64)
-    found_at = np.empty(capacity // 2 + 1, np.int64)
+    local = np.empty(m, np.int64)
     count = 0
     for p in range(lo_i, hi_i):
         i = order[p]
@@ -230,12 +233,12 @@ def _assign_nodes(order, lo_i, hi_i, node_raw, local, first):
             entry = table[slot]
             if entry == _EMPTY:
                 table[slot] = count
-                found_hi[count], found_lo[count], found_at[count] = h, low_half, i
-                local[p] = count
+                found_hi[count], found_lo[count] = h, low_half
+                local[p - lo_i] = count
                 count += 1
                 break
             if found_hi[entry] == h and found_lo[entry] == low_half:
-                local[p] = entry
+                local[p - lo_i] = entry
                 break
             slot = (slot + 1) & (capacity - 1)
         if 2 * count >= capacity:  # grow: rehash the ids found so far
@@ -243,34 +246,103 @@ def _assign_nodes(order, lo_i, hi_i, node_raw, local, first):
             table = np.full(capacity, _EMPTY, np.int64)
             bigger_hi = np.empty(capacity // 2 + 1, np.uint64)
             bigger_lo = np.empty(capacity // 2 + 1, np.uint64)
-            bigger_at = np.empty(capacity // 2 + 1, np.int64)
             bigger_hi[:count] = found_hi[:count]
             bigger_lo[:count] = found_lo[:count]
-            bigger_at[:count] = found_at[:count]
-            found_hi, found_lo, found_at = bigger_hi, bigger_lo, bigger_at
+            found_hi, found_lo = bigger_hi, bigger_lo
             for e in range(count):
                 s = np.int64(_mix(found_hi[e], found_lo[e]) & np.uint64(capacity - 1))
                 while table[s] != _EMPTY:
                     s = (s + 1) & (capacity - 1)
                 table[s] = e
     rank_order = _rank_order(found_hi, found_lo, count)
-    rank = np.empty(count, np.int32)
+    rank = np.empty(count, np.int64)
     for r in range(count):
         rank[rank_order[r]] = r
-        first[lo_i + r] = found_at[rank_order[r]]
-    for p in range(lo_i, hi_i):
-        local[p] = rank[local[p]]
-    return count
+    for j in range(m):
+        local[j] = rank[local[j]]
+    return local, count
+
+
+_RADIX_FROM = 2048  # window size from which a radix sort beats numba's mergesort
 
 
 @nb.njit(parallel=True, **_OPTS)
-def _nodes_per_window(order, starts, node_raw, local, first):
-    n_windows = starts.shape[0] - 1
-    nodes = np.zeros(n_windows, np.int64)
-    for w in nb.prange(n_windows):
-        if starts[w + 1] > starts[w]:
-            nodes[w] = _assign_nodes(order, starts[w], starts[w + 1], node_raw, local, first)
-    return nodes
+def _group(order, starts, node_raw, perm, group_at, nodes, key_scratch, item_scratch):
+    """Sort each window's packets by node: ``perm[starts[w]:starts[w + 1]]`` are window
+    ``w``'s packet indices in node address order, ``group_at[starts[w] + r]`` the position
+    in ``perm`` where its node ``r`` starts, ``nodes[w]`` its node count.
+
+    IPv4 nodes (the usual case) are sorted by their 32-bit address directly; windows with
+    any other address rank nodes through a hash table and sort by rank (counting sort).
+    """
+    for w in nb.prange(starts.shape[0] - 1):
+        lo_i, hi_i = starts[w], starts[w + 1]
+        m = hi_i - lo_i
+        if m == 0:
+            continue
+        thread = nb.get_thread_id()
+        keys = key_scratch[thread, 0, :m]
+        v4 = True
+        for p in range(lo_i, hi_i):
+            i = order[p]
+            low_half = _byteswap(node_raw[2 * i + 1])
+            if node_raw[2 * i] != 0 or (low_half >> np.uint64(32)) != _V4_MAPPED:
+                v4 = False
+                break
+            keys[p - lo_i] = low_half & np.uint64(0xFFFFFFFF)
+        k = 0
+        if v4:
+            items = perm[lo_i:hi_i]
+            items[:] = order[lo_i:hi_i]
+            if m >= _RADIX_FROM:
+                _radix_sort32(keys, items, key_scratch[thread, 1, :m], item_scratch[thread, :m])
+            else:
+                by_key = np.argsort(keys, kind="mergesort")
+                items[:] = items[by_key]
+                keys[:] = keys[by_key]
+            for j in range(m):
+                if j == 0 or keys[j] != keys[j - 1]:
+                    group_at[lo_i + k] = lo_i + j
+                    k += 1
+        else:
+            local, k = _node_ranks(order, lo_i, hi_i, node_raw)
+            fill = np.zeros(k + 1, np.int64)
+            for j in range(m):
+                fill[local[j] + 1] += 1
+            for r in range(k):
+                fill[r + 1] += fill[r]
+                group_at[lo_i + r] = lo_i + fill[r]
+            for j in range(m):
+                r = local[j]
+                perm[lo_i + fill[r]] = order[lo_i + j]
+                fill[r] += 1
+        nodes[w] = k
+
+
+@nb.njit(parallel=True, **_OPTS)
+def _gather(perm, values, bitmap, has_nulls, out):
+    """``out[j]`` = ``values[perm[j]]`` as int64, NULL where the bitmap says null;
+    returns the largest value (-1 if none)."""
+    top = np.int64(NULL)
+    for j in nb.prange(perm.shape[0]):
+        i = perm[j]
+        if has_nulls and not (bitmap[i >> 3] >> (i & 7)) & 1:
+            out[j] = NULL
+        else:
+            v = np.int64(values[i])
+            out[j] = v
+            top = max(top, v)
+    return top
+
+
+@nb.njit(parallel=True, **_OPTS)
+def _gather_wide(perm, words, bitmap, has_nulls, hi, lo, ok):
+    """Address ``perm[j]`` as native (hi, lo) halves, and whether it is set."""
+    for j in nb.prange(perm.shape[0]):
+        i = perm[j]
+        hi[j] = _byteswap(words[2 * i])
+        lo[j] = _byteswap(words[2 * i + 1])
+        ok[j] = not has_nulls or (bitmap[i >> 3] >> (i & 7)) & 1
 
 
 @nb.njit(**_OPTS)
@@ -290,14 +362,11 @@ def _sort_in_place(values):
 
 
 @nb.njit(**_OPTS)
-def _stats(rows, a, b, c, buffer):
-    """(distinct, mode, mode count) of column ``c`` over ``rows[c, a:b]`` (nulls skipped)."""
-    if b - a == 1:
-        v = rows[c, a]
-        return (0, NULL, 0) if v == NULL else (1, v, 1)
+def _sorted_stats(column, a, b, buffer):
+    """(distinct, mode, mode count) of ``column[a:b]`` (nulls skipped) by sorting."""
     k = 0
     for j in range(a, b):
-        v = rows[c, j]
+        v = column[j]
         if v != NULL:
             buffer[k] = v
             k += 1
@@ -318,29 +387,114 @@ def _stats(rows, a, b, c, buffer):
 
 
 @nb.njit(**_OPTS)
-def _counted_stats(rows, a, b, c, counts, touched):
-    """:func:`_stats` by counting into ``counts`` (one slot per possible value; left zeroed)."""
-    k = 0
-    for j in range(a, b):
-        v = rows[c, j]
-        if v != NULL:
-            if counts[v] == 0:
-                touched[k] = v
-                k += 1
-            counts[v] += 1
-    best, best_count = NULL, 0
-    for t in range(k):
-        v = touched[t]
-        count = counts[v]
-        if count > best_count or (count == best_count and v < best):
-            best, best_count = v, count
-        counts[v] = 0
-    return k, best, best_count
+def _predicate(kind, value, pset, pclear, pvalues, f):
+    """Feature ``f``'s predicate on ``value``; ``pvalues[f]`` its IsIn values."""
+    if value == NULL:
+        return False
+    if kind == PRED_ISIN:
+        for k in range(pvalues.shape[1]):
+            v = pvalues[f, k]
+            if v == NULL:
+                return False
+            if v == value:
+                return True
+        return False
+    return (value & pset) == pset and (value & pclear) == 0
+
+
+_BLOCK = 2048  # rows a thread takes at a time
+
+
+@nb.njit(parallel=True, **_OPTS)
+def _narrow_aggregates(row_start, column, stat, numeric, with_std, domain, shares,
+                       share_rows, pred_kind, pred_set, pred_clear, pred_values, distinct,
+                       mode_value, mode_count, total, present, low, high, squares, hits,
+                       buffers, counts):
+    """Per row (group ``column[row_start[row]:row_start[row + 1]]``): the column's stats
+    (row ``stat`` of distinct/mode_value/mode_count, if >= 0), its numeric aggregates
+    (row ``numeric`` of total/present/low/high/squares, if >= 0) and, per share feature
+    ``shares[t]`` predicated on it, the packets that satisfy it (``hits[share_rows[t]]``).
+
+    ``domain`` > 0: values are below it, and a group's are counted in a slot per value
+    (``counts``, per thread, left zeroed); predicates are then tested once per distinct
+    value. Otherwise values are sorted, and predicates tested per packet.
+    """
+    rows = row_start.shape[0] - 1
+    big = np.iinfo(np.int64).max
+    n_shares = shares.shape[0]
+    for block in nb.prange((rows + _BLOCK - 1) // _BLOCK):
+        thread = nb.get_thread_id()
+        buffer = buffers[thread]
+        count_of = counts[thread, :max(domain, 1)]
+        for row in range(block * _BLOCK, min(rows, (block + 1) * _BLOCK)):
+            a, b = row_start[row], row_start[row + 1]
+            shares_done = False
+            if stat >= 0:
+                if b - a == 1:
+                    v = column[a]
+                    if v == NULL:
+                        d, mv, mc = 0, NULL, 0
+                    else:
+                        d, mv, mc = 1, v, 1
+                elif domain > 0:
+                    d = 0
+                    for j in range(a, b):
+                        v = column[j]
+                        if v != NULL:
+                            if count_of[v] == 0:
+                                buffer[d] = v
+                                d += 1
+                            count_of[v] += 1
+                    mv, mc = NULL, 0
+                    for x in range(d):
+                        v = buffer[x]
+                        count = count_of[v]
+                        if count > mc or (count == mc and v < mv):  # ties: smallest value
+                            mv, mc = v, count
+                        for t in range(n_shares):
+                            f = shares[t]
+                            if _predicate(pred_kind[f], v, pred_set[f], pred_clear[f],
+                                          pred_values, f):
+                                hits[share_rows[t], row] += count
+                        count_of[v] = 0
+                    shares_done = True
+                else:
+                    d, mv, mc = _sorted_stats(column, a, b, buffer)
+                distinct[stat, row], mode_value[stat, row], mode_count[stat, row] = d, mv, mc
+            if numeric >= 0:
+                t, cnt, lo_v, hi_v = 0, 0, big, -big
+                for j in range(a, b):
+                    v = column[j]
+                    if v != NULL:
+                        t += v
+                        cnt += 1
+                        lo_v = min(lo_v, v)
+                        hi_v = max(hi_v, v)
+                total[numeric, row], present[numeric, row] = t, cnt
+                low[numeric, row], high[numeric, row] = lo_v, hi_v
+                if with_std and cnt >= 2:  # two passes: no cancellation
+                    mean = t / cnt
+                    acc = 0.0
+                    for j in range(a, b):
+                        v = column[j]
+                        if v != NULL:
+                            deviation = v - mean
+                            acc += deviation * deviation
+                    squares[numeric, row] = acc
+            if not shares_done:
+                for t in range(n_shares):
+                    f = shares[t]
+                    h = 0
+                    for j in range(a, b):
+                        h += _predicate(pred_kind[f], column[j], pred_set[f], pred_clear[f],
+                                        pred_values, f)
+                    hits[share_rows[t], row] = h
 
 
 @nb.njit(**_OPTS)
-def _wide_distinct(hi, lo, valid, a, b, buffer_lo, buffer_hi):
-    """Distinct (hi, lo) pairs over rows ``a:b`` (invalid rows skipped)."""
+def _wide_distinct(hi, lo, valid, a, b, buffer_lo, buffer_hi, table):
+    """Distinct (hi, lo) pairs over rows ``a:b`` (invalid rows skipped); ``table`` is
+    scratch of at least twice the group's size (left all empty)."""
     k = 0
     same_hi = True
     first_hi = np.uint64(0)
@@ -358,7 +512,6 @@ def _wide_distinct(hi, lo, valid, a, b, buffer_lo, buffer_hi):
         capacity = 64
         while capacity < 2 * k:
             capacity *= 2
-        table = np.full(capacity, _EMPTY, np.int64)
         distinct = 0
         for t in range(k):
             h, low_half = buffer_hi[t], buffer_lo[t]
@@ -372,6 +525,7 @@ def _wide_distinct(hi, lo, valid, a, b, buffer_lo, buffer_hi):
                 if buffer_hi[entry] == h and buffer_lo[entry] == low_half:
                     break
                 slot = (slot + 1) & (capacity - 1)
+        table[:capacity] = _EMPTY
         return distinct
     if same_hi:  # every IPv4 address, and IPv6 within one /64: the low halves decide
         part = buffer_lo[:k]
@@ -395,188 +549,77 @@ def _wide_distinct(hi, lo, valid, a, b, buffer_lo, buffer_hi):
     return distinct
 
 
-@nb.njit(**_OPTS)
-def _predicate(kind, value, pset, pclear, pvalues, f):
-    """Feature ``f``'s predicate on ``value``; ``pvalues[f]`` its IsIn values."""
-    if value == NULL:
-        return False
-    if kind == PRED_ISIN:
-        for k in range(pvalues.shape[1]):
-            v = pvalues[f, k]
-            if v == NULL:
-                return False
-            if v == value:
-                return True
-        return False
-    return (value & pset) == pset and (value & pclear) == 0
+@nb.njit(parallel=True, **_OPTS)
+def _wide_aggregates(row_start, hi, lo, ok, out, buffers_lo, buffers_hi, tables):
+    """Per row, the distinct addresses of its group (``out[row]``)."""
+    rows = row_start.shape[0] - 1
+    for block in nb.prange((rows + _BLOCK - 1) // _BLOCK):
+        thread = nb.get_thread_id()
+        for row in range(block * _BLOCK, min(rows, (block + 1) * _BLOCK)):
+            out[row] = _wide_distinct(hi, lo, ok, row_start[row], row_start[row + 1],
+                                      buffers_lo[thread], buffers_hi[thread], tables[thread])
 
 
 @nb.njit(parallel=True, **_OPTS)
-def _evaluate(order, starts, local, nodes, row_offsets, values, bitmaps, has_nulls, wide_raw,
-              wide_bitmaps, wide_has_nulls, opcode, slot, is_wide, out_index, pred_kind,
-              pred_slot, pred_set, pred_clear, pred_values, stat_of_slot, numeric_of_slot,
-              std_of_slot, n_stats, n_numeric, domain, domain_at, window_seconds, ints,
-              int_valid, floats, float_valid, scratch_rows, scratch_hi, scratch_lo, scratch_ok,
-              scratch_hits, scratch_buffers, scratch_counts):
-    """Every feature of every (window, node). ``scratch_*`` hold one working set per
-    thread (first axis: ``numba.get_thread_id()``), sized for the largest window: they
-    are allocated, and their memory faulted in, once per call rather than per window."""
-    n_windows = starts.shape[0] - 1
-    n_features = opcode.shape[0]
-    n_narrow = values.shape[0]
-    n_wide = wide_raw.shape[0]
-    big = np.iinfo(np.int64).max
-    n_shares = 0
-    for f in range(n_features):
-        n_shares += opcode[f] == SHARE
-    shares = np.empty(max(1, n_shares), np.int64)
-    share_index = np.full(n_features, -1, np.int64)
-    t = 0
-    for f in range(n_features):
-        if opcode[f] == SHARE:
-            shares[t], share_index[f] = f, t
-            t += 1
-    for w in nb.prange(n_windows):
-        lo_i, hi_i = starts[w], starts[w + 1]
-        m = hi_i - lo_i
-        if m == 0:
-            continue
-        k = nodes[w]
-        # The window's packets in node order (counting sort), copied column by column:
-        # each node's packets become one contiguous slice of every column.
-        group_start = np.zeros(k + 1, np.int64)
-        for p in range(lo_i, hi_i):
-            group_start[local[p] + 1] += 1
-        for r in range(k):
-            group_start[r + 1] += group_start[r]
-        fill = group_start[:-1].copy()
-        thread = nb.get_thread_id()
-        rows = scratch_rows[thread]
-        w_hi, w_lo, w_ok = scratch_hi[thread], scratch_lo[thread], scratch_ok[thread]
-        # Bit f of hits_of[j]: packet j satisfies share feature f's predicate.
-        hits_of = scratch_hits[thread]
-        for p in range(lo_i, hi_i):
-            r = local[p]
-            j = fill[r]
-            fill[r] += 1
-            i = order[p]
-            for c in range(n_narrow):
-                if has_nulls[c] and not (bitmaps[c, i >> 3] >> (i & 7)) & 1:
-                    rows[c, j] = NULL
-                else:
-                    rows[c, j] = values[c, i]
-            bits = np.uint64(0)
-            for t in range(n_shares):
-                f = shares[t]
-                if _predicate(pred_kind[f], rows[pred_slot[f], j], pred_set[f],
-                              pred_clear[f], pred_values, f):
-                    bits |= np.uint64(1) << np.uint64(t)
-            hits_of[j] = bits
-            for c in range(n_wide):
-                w_hi[c, j] = _byteswap(wide_raw[c, 2 * i])
-                w_lo[c, j] = _byteswap(wide_raw[c, 2 * i + 1])
-                w_ok[c, j] = not wide_has_nulls[c] or (wide_bitmaps[c, i >> 3] >> (i & 7)) & 1
-        largest = 1
-        for r in range(k):
-            largest = max(largest, group_start[r + 1] - group_start[r])
-        buffer = scratch_buffers[thread, 0]
-        buffer_lo = scratch_buffers[thread, 1].view(np.uint64)
-        buffer_hi = scratch_buffers[thread, 2].view(np.uint64)
-        distinct = np.zeros(max(1, n_stats), np.int64)
-        mode_value = np.zeros(max(1, n_stats), np.int64)
-        mode_count = np.zeros(max(1, n_stats), np.int64)
-        total = np.zeros(max(1, n_numeric), np.int64)
-        present = np.zeros(max(1, n_numeric), np.int64)
-        low = np.zeros(max(1, n_numeric), np.int64)
-        high = np.zeros(max(1, n_numeric), np.int64)
-        squares = np.zeros(max(1, n_numeric), np.float64)
-        # Large groups count values instead of sorting them, where the column's values
-        # are small enough to index an array (ports, TTLs, flags, lengths); the counts
-        # are back to zero after each group.
-        counts = scratch_counts[thread]
-        hits = np.zeros(max(1, n_shares), np.int64)
-        for r in range(k):
-            a, b = group_start[r], group_start[r + 1]
-            n = b - a
-            row = row_offsets[w] + r
-            if n_shares:
-                hits[:] = 0
-                for j in range(a, b):
-                    bits = hits_of[j]
-                    if bits:
-                        for t in range(n_shares):
-                            hits[t] += (bits >> np.uint64(t)) & np.uint64(1)
-            for c in range(n_narrow):
+def _features(row_start, opcode, slot, is_wide, out_index, stat_of_slot, numeric_of_slot,
+              share_index, window_seconds, distinct, mode_value, mode_count, total, present,
+              low, high, squares, hits, wide_count, ints, int_valid, floats, float_valid):
+    """Every feature of every row from the per-row aggregates."""
+    rows = row_start.shape[0] - 1
+    for block in nb.prange((rows + _BLOCK - 1) // _BLOCK):
+        first, last = block * _BLOCK, min(rows, (block + 1) * _BLOCK)
+        for f in range(opcode.shape[0]):
+            op, c, out = opcode[f], slot[f], out_index[f]
+            if op == COUNT:
+                for row in range(first, last):
+                    ints[out, row] = row_start[row + 1] - row_start[row]
+            elif op == RATE:
+                for row in range(first, last):
+                    floats[out, row] = (row_start[row + 1] - row_start[row]) / window_seconds
+            elif op == SHARE:
+                t = share_index[f]
+                for row in range(first, last):
+                    floats[out, row] = hits[t, row] / (row_start[row + 1] - row_start[row])
+            elif op == NUNIQUE and is_wide[f]:
+                for row in range(first, last):
+                    ints[out, row] = wide_count[c, row]
+            elif op == NUNIQUE:
                 s = stat_of_slot[c]
-                if s >= 0:
-                    if n > 1 and domain[c] > 0:
-                        distinct[s], mode_value[s], mode_count[s] = _counted_stats(
-                            rows, a, b, c, counts[domain_at[c]:domain_at[c] + domain[c]],
-                            buffer)
-                    else:
-                        distinct[s], mode_value[s], mode_count[s] = _stats(rows, a, b, c,
-                                                                           buffer)
+                for row in range(first, last):
+                    ints[out, row] = distinct[s, row]
+            elif op == MODE:
+                s = stat_of_slot[c]
+                for row in range(first, last):
+                    ints[out, row] = mode_value[s, row]
+                    int_valid[out, row] = mode_count[s, row] > 0
+            elif op == MODE_SHARE:
+                s = stat_of_slot[c]
+                for row in range(first, last):
+                    floats[out, row] = mode_count[s, row] / (row_start[row + 1] - row_start[row])
+                    float_valid[out, row] = mode_count[s, row] > 0
+            elif op == SUM:
                 q = numeric_of_slot[c]
-                if q >= 0:
-                    t, cnt, lo_v, hi_v = 0, 0, big, -big
-                    for j in range(a, b):
-                        v = rows[c, j]
-                        if v != NULL:
-                            t += v
-                            cnt += 1
-                            lo_v = min(lo_v, v)
-                            hi_v = max(hi_v, v)
-                    total[q], present[q], low[q], high[q] = t, cnt, lo_v, hi_v
-                    if std_of_slot[c] and cnt >= 2:  # two passes: no cancellation
-                        mean = t / cnt
-                        acc = 0.0
-                        for j in range(a, b):
-                            v = rows[c, j]
-                            if v != NULL:
-                                d = v - mean
-                                acc += d * d
-                        squares[q] = acc
-            for f in range(n_features):
-                op, c, out = opcode[f], slot[f], out_index[f]
-                if op == COUNT:
-                    ints[out, row] = n
-                elif op == RATE:
-                    floats[out, row] = n / window_seconds
-                elif op == SHARE:
-                    floats[out, row] = hits[share_index[f]] / n
-                elif op == NUNIQUE and is_wide[f]:
-                    ints[out, row] = _wide_distinct(w_hi[c], w_lo[c], w_ok[c], a, b,
-                                                    buffer_lo, buffer_hi)
-                elif op == NUNIQUE:
-                    ints[out, row] = distinct[stat_of_slot[c]]
-                elif op == MODE or op == MODE_SHARE:
-                    s = stat_of_slot[c]
-                    if mode_count[s] == 0:
-                        if op == MODE:
-                            int_valid[out, row] = False
-                        else:
-                            float_valid[out, row] = False
-                    elif op == MODE:
-                        ints[out, row] = mode_value[s]
-                    else:
-                        floats[out, row] = mode_count[s] / n
-                else:  # SUM, MEAN, STD, MIN, MAX over non-null values
-                    q = numeric_of_slot[c]
-                    if op == SUM:
-                        ints[out, row] = total[q]
-                    elif present[q] == 0 or (op == STD and present[q] < 2):
-                        if op == MIN or op == MAX:
-                            int_valid[out, row] = False
-                        else:
-                            float_valid[out, row] = False
-                    elif op == MIN:
-                        ints[out, row] = low[q]
-                    elif op == MAX:
-                        ints[out, row] = high[q]
-                    elif op == MEAN:
-                        floats[out, row] = total[q] / present[q]
-                    else:
-                        floats[out, row] = np.sqrt(squares[q] / (present[q] - 1))
+                for row in range(first, last):
+                    ints[out, row] = total[q, row]
+            elif op == MIN or op == MAX:
+                q = numeric_of_slot[c]
+                extreme = low if op == MIN else high
+                for row in range(first, last):
+                    ints[out, row] = extreme[q, row]
+                    int_valid[out, row] = present[q, row] > 0
+            elif op == MEAN:
+                q = numeric_of_slot[c]
+                for row in range(first, last):
+                    valid = present[q, row] > 0
+                    floats[out, row] = total[q, row] / present[q, row] if valid else 0.0
+                    float_valid[out, row] = valid
+            else:  # STD: sample standard deviation, from two values on
+                q = numeric_of_slot[c]
+                for row in range(first, last):
+                    valid = present[q, row] >= 2
+                    floats[out, row] = np.sqrt(squares[q, row] / (present[q, row] - 1)) \
+                        if valid else 0.0
+                    float_valid[out, row] = valid
 
 
 @nb.njit(**_OPTS)
@@ -677,14 +720,44 @@ def _halves(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return hi, lo
 
 
+_KEEP_BYTES = 64 << 20  # largest working array kept: a slice's (polars_engine.SLICE_ROWS)
+
+
+class _Workspace(threading.local):
+    """Working arrays kept between calls (one set per calling thread): each slice of a
+    dataset reuses the last one's memory instead of mapping and zeroing fresh pages,
+    which costs this kernel as much as some of its passes."""
+
+    def __init__(self):
+        self.buffers: dict[str, np.ndarray] = {}
+
+    def array(self, name: str, shape, dtype, fill=None) -> np.ndarray:
+        """An array for ``name`` (uninitialised unless ``fill``), valid until the next
+        request for ``name`` on this thread."""
+        dtype = np.dtype(dtype)
+        shape = shape if isinstance(shape, tuple) else (shape,)
+        size = max(1, int(np.prod(shape))) * dtype.itemsize
+        buffer = self.buffers.get(name)
+        if size > _KEEP_BYTES:  # a table far above a slice: not kept
+            buffer = np.empty(size, np.uint8)
+        elif buffer is None or buffer.size < size:
+            buffer = self.buffers[name] = np.empty(min(_KEEP_BYTES, size + size // 4),
+                                                   np.uint8)
+        out = buffer[:size].view(dtype).reshape(shape)
+        if fill is not None:
+            out.fill(fill)
+        return out
+
+
+_workspace = _Workspace()
+
+
 def evaluate(packets: pa.Table, spec: fs.FeatureSpec) -> pa.Table:
     """The feature table (sorted by window, node) of packets whose ``ts`` and node are set.
 
     ``packets`` holds at least ``spec.input_columns()``; address columns may be
     fixed-size or variable binary of 16 bytes.
     """
-    import pyarrow.compute as pc
-
     if not np.little_endian:
         raise NotImplementedError("the feature kernel reads addresses as little-endian words")
     program = compile_spec(spec)
@@ -695,7 +768,7 @@ def evaluate(packets: pa.Table, spec: fs.FeatureSpec) -> pa.Table:
     width = spec.window_ns
     first_window = int(ts.min()) // width
     n_windows = int(ts.max()) // width - first_window + 1
-    window = np.empty(n, np.int64)
+    window = _workspace.array("window", n, np.int64)
     _window_ids(ts, width, first_window, window)
     if n_windows > 2 * n + 1024:  # sparse in time: number only the windows that occur
         occupied, window = np.unique(window, return_inverse=True)
@@ -703,73 +776,91 @@ def evaluate(packets: pa.Table, spec: fs.FeatureSpec) -> pa.Table:
         n_windows = len(occupied)
     else:
         window_index = np.arange(n_windows, dtype=np.int64) + first_window
-    node_raw = _column_words(packets.column(spec.node))
-
-    n_bytes = (n + 7) // 8
-    n_narrow = max(1, len(program.narrow))
-    values = np.zeros((n_narrow, n), np.uint32)
-    bitmaps = np.zeros((n_narrow, n_bytes if program.narrow else 1), np.uint8)
-    has_nulls = np.zeros(n_narrow, np.bool_)
-    domain = np.zeros(n_narrow, np.int64)
-    for c, name in enumerate(program.narrow):
-        column = packets.column(name)
-        start = 0
-        for array in _chunks(column):  # each chunk straight into its slice: no concatenation
-            values[c, start:start + len(array)] = _primitive(array)
-            start += len(array)
-        if column.null_count:
-            bitmaps[c], has_nulls[c] = _bitmap_bytes(_array(column), n_bytes), True
-        if program.stat_of_slot[c] >= 0:
-            top = pc.max(column).as_py()
-            domain[c] = 0 if top is None or top >= _MAX_DOMAIN else top + 1
-    n_wide = max(1, len(program.wide))
-    wide_raw = np.zeros((n_wide, 2 * n), np.uint64) if len(program.wide) != 1 else None
-    wide_bitmaps = np.zeros((n_wide, n_bytes), np.uint8)
-    wide_has_nulls = np.zeros(n_wide, np.bool_)
-    for c, name in enumerate(program.wide):
-        column = packets.column(name)
-        words = _column_words(column)
-        if wide_raw is None:
-            wide_raw = words.reshape(1, -1)  # the usual single address column: no copy
-        else:
-            wide_raw[c] = words
-        if column.null_count:
-            wide_bitmaps[c], wide_has_nulls[c] = _bitmap_bytes(_array(column), n_bytes), True
-
-    order, starts = _window_order(window, n_windows)
+    order = _workspace.array("order", n, np.int64)
+    starts = _window_order(window, n_windows, order)
     del window
-    local = np.empty(n, np.int32)
-    first = np.empty(n, np.int64)
-    nodes = _nodes_per_window(order, starts, node_raw, local, first)
+
+    # Group: each window's packets in node order, and where each node's packets start.
+    node_raw = _column_words(packets.column(spec.node))
+    threads = nb.get_num_threads()
+    largest_window = int(np.diff(starts).max())
+    perm = _workspace.array("perm", n, np.int64)
+    group_at = _workspace.array("group_at", n, np.int64)
+    nodes = np.zeros(n_windows, np.int64)
+    _group(order, starts, node_raw, perm, group_at, nodes,
+           _workspace.array("keys", (threads, 2, largest_window), np.uint32),
+           _workspace.array("items", (threads, largest_window), np.int64))
+    del order
     row_offsets = np.zeros(n_windows + 1, np.int64)
     np.cumsum(nodes, out=row_offsets[1:])
     rows = int(row_offsets[-1])
+    # Rows are contiguous in perm across windows: row r's packets are
+    # perm[row_start[r]:row_start[r + 1]].
+    row_start = _workspace.array("row_start", rows + 1, np.int64)
+    row_start[:rows] = group_at[np.repeat(starts[:-1] - row_offsets[:-1], nodes)
+                                + np.arange(rows)]
+    row_start[rows] = n
+    del group_at
+    largest = int(np.diff(row_start).max())
+
+    # Aggregate column by column: each is gathered into node order once.
+    n_bytes = (n + 7) // 8
+    stats = _workspace.array("stats", (3, max(1, program.n_stats), rows), np.int64)
+    numeric = _workspace.array("numeric", (4, max(1, program.n_numeric), rows), np.int64)
+    squares = _workspace.array("squares", (max(1, program.n_numeric), rows), np.float64)
+    share_features = np.flatnonzero(program.opcode == SHARE)
+    share_index = np.full(len(program.opcode), -1, np.int64)
+    share_index[share_features] = np.arange(len(share_features))
+    hits = _workspace.array("hits", (max(1, len(share_features)), rows), np.int64, 0)
+    column = _workspace.array("column", n, np.int64)
+    buffers = _workspace.array("buffers", (threads, largest), np.int64)
+    counts = np.zeros((threads, 1), np.int32)
+    no_bitmap = np.zeros(1, np.uint8)
+    for c, name in enumerate(program.narrow):
+        array = _array(packets.column(name))
+        bitmap = _bitmap_bytes(array, n_bytes)
+        top = _gather(perm, _primitive(array), no_bitmap if bitmap is None else bitmap,
+                      bitmap is not None, column)
+        s, q = program.stat_of_slot[c], program.numeric_of_slot[c]
+        domain = top + 1 if s >= 0 and top < _MAX_DOMAIN else 0
+        if domain > counts.shape[1]:
+            counts = _workspace.array("counts", (threads, domain), np.int32, 0)
+        on_column = share_features[program.pred_slot[share_features] == c]
+        _narrow_aggregates(row_start, column, s, q, program.std_of_slot[c], domain,
+                           on_column, share_index[on_column], program.pred_kind,
+                           program.pred_set, program.pred_clear, program.pred_values,
+                           stats[0], stats[1], stats[2], numeric[0], numeric[1], numeric[2],
+                           numeric[3], squares, hits, buffers, counts)
+    del column
+    wide_count = _workspace.array("wide_count", (max(1, len(program.wide)), rows), np.int64)
+    if program.wide:
+        hi, lo = _workspace.array("hi", n, np.uint64), _workspace.array("lo", n, np.uint64)
+        ok = _workspace.array("ok", n, np.bool_)
+        buffers_lo = _workspace.array("buffers_lo", (threads, largest), np.uint64)
+        buffers_hi = _workspace.array("buffers_hi", (threads, largest), np.uint64)
+        capacity = 64
+        while capacity < 2 * largest:
+            capacity *= 2
+        tables = _workspace.array("tables", (threads, capacity), np.int64, _EMPTY)
+        for c, name in enumerate(program.wide):
+            array = _array(packets.column(name))
+            bitmap = _bitmap_bytes(array, n_bytes)
+            _gather_wide(perm, _words(array), no_bitmap if bitmap is None else bitmap,
+                         bitmap is not None, hi, lo, ok)
+            _wide_aggregates(row_start, hi, lo, ok, wide_count[c], buffers_lo, buffers_hi,
+                             tables)
+
     # One row per output column: each feature comes out contiguous.
-    ints = np.zeros((max(1, program.n_int), rows), np.int64)
-    floats = np.zeros((max(1, program.n_float), rows), np.float64)
+    ints = np.empty((max(1, program.n_int), rows), np.int64)
+    floats = np.empty((max(1, program.n_float), rows), np.float64)
     int_valid = np.ones(ints.shape, np.bool_)
     float_valid = np.ones(floats.shape, np.bool_)
-    threads = nb.get_num_threads()
-    largest = int(np.diff(starts).max())
-    scratch = (np.empty((threads, n_narrow, largest), np.int64),
-               np.empty((threads, n_wide, largest), np.uint64),
-               np.empty((threads, n_wide, largest), np.uint64),
-               np.empty((threads, n_wide, largest), np.bool_),
-               np.empty((threads, largest), np.uint64),
-               np.empty((threads, 3, largest), np.int64),
-               np.zeros((threads, max(1, int(domain.sum()))), np.int32))
-    _evaluate(order, starts, local, nodes, row_offsets, values, bitmaps, has_nulls, wide_raw,
-              wide_bitmaps, wide_has_nulls,
-              program.opcode, program.slot, program.is_wide, program.out_index,
-              program.pred_kind, program.pred_slot, program.pred_set, program.pred_clear,
-              program.pred_values, program.stat_of_slot, program.numeric_of_slot,
-              program.std_of_slot, program.n_stats, program.n_numeric, domain,
-              np.concatenate([[0], np.cumsum(domain)[:-1]]).astype(np.int64),
-              spec.window_seconds, ints, int_valid, floats, float_valid, *scratch)
+    _features(row_start, program.opcode, program.slot, program.is_wide, program.out_index,
+              program.stat_of_slot, program.numeric_of_slot, share_index, spec.window_seconds,
+              stats[0], stats[1], stats[2], numeric[0], numeric[1], numeric[2], numeric[3],
+              squares, hits, wide_count, ints, int_valid, floats, float_valid)
 
-    # Row r of window w is the node of packet first[starts[w] + r].
-    take = first[np.repeat(starts[:-1] - row_offsets[:-1], nodes) + np.arange(rows)]
-    pairs = node_raw.reshape(-1, 2)[take]
+    pairs = node_raw.reshape(-1, 2)[perm[row_start[:rows]]]
     node = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), rows,
                                                 [None, pa.py_buffer(pairs)])
     window_start = np.repeat(window_index, nodes) * width

@@ -398,15 +398,48 @@ def _read_chunk(chunk: _Chunk, spec: fs.FeatureSpec) -> pa.Table:
 SLICE_ROWS = 2_000_000
 
 
+def _binary16(array: pa.Array) -> pa.Array:
+    """A ``fixed_size_list<uint64>[2]`` of little-endian words as the 16-byte binary it
+    was read from, without copying."""
+    words = array.values
+    data = words.buffers()[1]
+    if words.offset:
+        data = data.slice(words.offset * 8)
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(array),
+                                                [array.buffers()[0], data],
+                                                offset=array.offset)
+
+
+def _read_rows(path: str, start: int, count: int, schema: pa.Schema) -> pa.Table:
+    """Rows ``start:start + count`` of a Parquet file, the columns of ``schema``.
+
+    Polars decodes Parquet with less CPU than pyarrow, most of all 16-byte addresses,
+    which it reads as binary views: they come back as two uint64 words and are handed
+    on as the fixed-size binary pyarrow would give.
+    """
+    addresses = [f.name for f in schema if pa.types.is_fixed_size_binary(f.type)]
+    frame = pl.scan_parquet(path, hive_partitioning=False).slice(start, count) \
+        .select(schema.names).with_columns(
+            pl.col(name).bin.reinterpret(dtype=pl.Array(pl.UInt64, 2), endianness="little")
+            for name in addresses)
+    table = frame.collect().to_arrow()
+    for name in addresses:
+        i = table.column_names.index(name)
+        column = pa.chunked_array([_binary16(a) for a in table.column(i).chunks],
+                                  pa.binary(16))
+        table = table.set_column(i, name, column)
+    return table if table.schema.equals(schema) else table.cast(schema)
+
+
 def _slices(chunk: _Chunk, spec: fs.FeatureSpec) -> Iterator[pa.Table]:
     """The chunk's packets in slices of whole windows, in window order.
 
-    Row groups are read in the order of their first ``ts`` (Parquet statistics). Once
-    ``SLICE_ROWS`` packets are held, those of windows before the next row group's first
-    window are complete: they are a slice, the rest waits for the next. Packets in
-    capture order (what ``netsift ingest`` writes) give slices of about ``SLICE_ROWS``;
-    out of order, slices grow (the same result, more memory), and files without
-    statistics are read whole.
+    Row groups are read in the order of their first ``ts`` (Parquet statistics), runs of
+    consecutive ones of a file at a time. Once ``SLICE_ROWS`` packets are held, those of
+    windows before the next row group's first window are complete: they are a slice, the
+    rest waits for the next. Packets in capture order (what ``netsift ingest`` writes)
+    give slices of about ``SLICE_ROWS``; out of order, slices grow (the same result,
+    more memory), and files without statistics are read whole.
     """
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -415,12 +448,13 @@ def _slices(chunk: _Chunk, spec: fs.FeatureSpec) -> Iterator[pa.Table]:
     lo_ns = chunk.start if chunk.start is not None else -(2**63)
     hi_ns = chunk.end - 1 if chunk.end is not None else 2**63 - 1
     cut_range = chunk.start is not None and not _whole_hours(chunk)
-    groups = []  # (first window, file, row group)
-    files, kinds = {}, None
+    groups = []  # (first window, file, row group, first row, rows)
+    kinds = None
     for path in chunk.files:
-        reader = files[path] = pq.ParquetFile(path)
-        names = reader.schema_arrow.names
-        types = [reader.schema_arrow.field(c).type if c in names else None for c in columns]
+        reader = pq.ParquetFile(path)
+        metadata, arrow = reader.metadata, reader.schema_arrow
+        names = arrow.names
+        types = [arrow.field(c).type if c in names else None for c in columns]
         if None in types or (kinds is not None and types != kinds):
             # a column missing (the dataset reader reports it) or typed differently
             # between files (the dataset reader unifies): read the chunk as a whole
@@ -428,35 +462,46 @@ def _slices(chunk: _Chunk, spec: fs.FeatureSpec) -> Iterator[pa.Table]:
             return
         kinds = types
         ts = names.index("ts")
-        for g in range(reader.metadata.num_row_groups):
-            group = reader.metadata.row_group(g)
+        first_row = 0
+        for g in range(metadata.num_row_groups):
+            group = metadata.row_group(g)
             stats = group.column(ts).statistics
+            start, first_row = first_row, first_row + group.num_rows
             if stats is not None and stats.null_count == group.num_rows:
                 continue  # no packet with a time: in no window
             if stats is None or not stats.has_min_max:
                 yield _read_chunk(chunk, spec)
                 return
             if max(stats.min, lo_ns) <= min(stats.max, hi_ns):
-                groups.append((max(stats.min, lo_ns) // width, path, g))
+                groups.append((max(stats.min, lo_ns) // width, path, g, start,
+                               group.num_rows))
     if not groups:
         yield _read_chunk(chunk, spec)  # nothing in range: the empty table, typed
         return
+    schema = pa.schema([pa.field(c, t) for c, t in zip(columns, kinds, strict=True)])
     groups.sort(key=lambda group: group[0])
     held: list[pa.Table] = []
-    rows, sliced = 0, False
-    for i, (_, path, g) in enumerate(groups):
-        table = files[path].read_row_group(g, columns=columns)
+    rows, sliced, i = 0, False, 0
+    while i < len(groups):
+        _, path, g, start, count = groups[i]
+        j = i + 1
+        while j < len(groups) and rows + count < SLICE_ROWS and groups[j][1] == path \
+                and groups[j][2] == groups[j - 1][2] + 1:
+            count += groups[j][4]
+            j += 1
+        table = _read_rows(path, start, count, schema)
         if cut_range:
             t = table.column("ts")
             table = table.filter(pc.and_(pc.greater_equal(t, chunk.start),
                                          pc.less(t, chunk.end)))
         held.append(table)
         rows += table.num_rows
-        if rows < SLICE_ROWS or i + 1 == len(groups):
+        i = j
+        if rows < SLICE_ROWS or i == len(groups):
             continue
         table = pa.concat_tables(held)
         # Packets without a time go with the slice (the kernel drops them).
-        ready = pc.fill_null(pc.less(table.column("ts"), groups[i + 1][0] * width), True)
+        ready = pc.fill_null(pc.less(table.column("ts"), groups[i][0] * width), True)
         done = pc.sum(ready).as_py() or 0
         if pc.all(ready.slice(0, done)).as_py() is not False:
             slice_, rest = table.slice(0, done), table.slice(done)  # in order: no copy
@@ -496,7 +541,8 @@ def _device_engine(engine, spec: fs.FeatureSpec, device: str):
 
 def batches(source: PacketSource, spec: fs.FeatureSpec = fs.FeatureSpec(),
             engine=KERNEL, device: str = "cpu") -> Iterator[pa.Table]:
-    """The feature table in pieces, one per time range, in (window, node) order.
+    """The feature table in pieces, in (window, node) order: one per slice of whole
+    windows (the kernel) or per time range (a Polars collect engine).
 
     ``device``: ``cpu`` runs ``engine``; ``gpu`` the lazy query on the cudf-polars GPU
     engine (:func:`netsift.platform.gpu.engine_for`), ``auto`` that where it can run.
@@ -523,8 +569,7 @@ def batches(source: PacketSource, spec: fs.FeatureSpec = fs.FeatureSpec(),
         return
     for chunk in chunks(packet_files(source), spec.window_ns):
         if engine == KERNEL:
-            parts = [_kernel(table, spec) for table in _slices(chunk, spec)]
-            yield parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+            yield from (_kernel(table, spec) for table in _slices(chunk, spec))
             continue
         lf = prepare(_read_chunk(chunk, spec), spec.input_columns()).lazy()
         first_window = windows = None
