@@ -16,7 +16,9 @@ peak RSS of the process tree (for Spark: the Python driver plus its JVM), sample
 50 ms. Reported time is wall time of the feature computation including reading Parquet
 and writing the feature table, excluding interpreter and JVM start-up (Spark session
 start-up is reported separately) and a warm-up on the dataset's first row group (numba
-loads its compiled kernels, Spark generates its plan code).
+loads its compiled kernels, Spark generates its plan code). For the Polars engine,
+"compute packets/s" is the computation alone, in another fresh process: each hour is
+read into memory untimed, then featurised, results dropped.
 """
 
 from __future__ import annotations
@@ -193,6 +195,34 @@ def _child(engine: str, dataset: str, out: str, master: str) -> None:
         spark.stop()
 
 
+def _compute_child(dataset: str) -> None:
+    """Time the embedded engine's computation alone: each hour's packets are read into
+    memory untimed (as the engine slices them), then featurised; print a JSON line."""
+    import netsift.features as nf
+    from netsift.features import polars_engine as pe
+
+    spec = nf.FeatureSpec()
+    files = pe.packet_files(dataset)
+    chunks = pe.chunks(files, spec.window_ns)
+    pe._kernel(next(pe._slices(chunks[0], spec)).slice(0, BATCH_ROWS), spec)  # warm-up
+    seconds, packets = 0.0, 0
+    for chunk in chunks:
+        slices = list(pe._slices(chunk, spec))
+        started = time.perf_counter()
+        for table in slices:
+            pe._kernel(table, spec)
+        seconds += time.perf_counter() - started
+        packets += sum(t.num_rows for t in slices)
+    print(json.dumps({"seconds": seconds, "packets": packets}), flush=True)
+
+
+def compute_only(dataset: Path) -> dict:
+    """:func:`_compute_child` in a fresh process."""
+    output = subprocess.run([sys.executable, __file__, "--compute-child", str(dataset)],
+                            stdout=subprocess.PIPE, text=True, check=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
 def _tree_rss(root) -> int:
     total = 0
     for proc in [root, *root.children(recursive=True)]:
@@ -242,9 +272,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="2 M packets, scales 1 2")
     parser.add_argument("--json", type=Path, metavar="OUT", help="write results here")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--compute-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         _child(*args.child)
+        return 0
+    if args.compute_child:
+        _compute_child(args.compute_child)
         return 0
     if args.quick:
         args.packets, args.scales = 2e6, [1, 2]
@@ -260,12 +294,17 @@ def main(argv: list[str] | None = None) -> int:
             result = run_engine(engine, dataset, args.master)
             result["scale"] = scale
             result["rate"] = result["packets"] / result["seconds"]
+            if engine == "polars":
+                compute = compute_only(dataset)
+                result["compute_seconds"] = compute["seconds"]
+                result["compute_rate"] = compute["packets"] / compute["seconds"]
             results.append(result)
             print(f"  {engine}: {result['seconds']:.1f} s", file=sys.stderr)
     rows = [(r["engine"], f"{r['scale']}x", r["packets"], r["rows"], r["seconds"], r["rate"],
-             r["peak_rss"] / 2**20, r["session_seconds"] or None) for r in results]
+             r.get("compute_rate"), r["peak_rss"] / 2**20, r["session_seconds"] or None)
+            for r in results]
     print(format_table(["engine", "data", "packets", "node-windows", "seconds", "packets/s",
-                        "peak RSS MiB", "session start s"], rows))
+                        "compute packets/s", "peak RSS MiB", "session start s"], rows))
     by = {(r["engine"], r["scale"]): r for r in results}
     print()
     lines = []
@@ -277,8 +316,12 @@ def main(argv: list[str] | None = None) -> int:
                      + ", ".join(growth))
     if "polars" in args.engines:
         best = max(r["rate"] for r in results if r["engine"] == "polars")
-        lines.append(f"polars >= {TARGET_POLARS_RATE:,} packets/s: "
+        lines.append(f"polars >= {TARGET_POLARS_RATE:,} packets/s, Parquet to Parquet: "
                      f"{verdict(best >= TARGET_POLARS_RATE)} ({best:,.0f})")
+        compute = max(r["compute_rate"] for r in results if r["engine"] == "polars")
+        lines.append(f"polars >= {TARGET_POLARS_RATE:,} packets/s, computation alone "
+                     f"(packets in memory): {verdict(compute >= TARGET_POLARS_RATE)} "
+                     f"({compute:,.0f})")
     if {"polars", "spark"} <= set(args.engines):
         ratios = [f"{s}x: {by['spark', s]['seconds'] / by['polars', s]['seconds']:.1f}"
                   for s in args.scales if ("spark", s) in by and ("polars", s) in by]

@@ -320,29 +320,13 @@ def _group(order, starts, node_raw, perm, group_at, nodes, key_scratch, item_scr
 
 
 @nb.njit(parallel=True, **_OPTS)
-def _gather(perm, values, bitmap, has_nulls, out):
-    """``out[j]`` = ``values[perm[j]]`` as int64, NULL where the bitmap says null;
-    returns the largest value (-1 if none)."""
-    top = np.int64(NULL)
-    for j in nb.prange(perm.shape[0]):
-        i = perm[j]
-        if has_nulls and not (bitmap[i >> 3] >> (i & 7)) & 1:
-            out[j] = NULL
-        else:
-            v = np.int64(values[i])
-            out[j] = v
-            top = max(top, v)
-    return top
-
-
-@nb.njit(parallel=True, **_OPTS)
-def _gather_wide(perm, words, bitmap, has_nulls, hi, lo, ok):
+def _gather_wide(perm, words, valid, has_nulls, hi, lo, ok):
     """Address ``perm[j]`` as native (hi, lo) halves, and whether it is set."""
     for j in nb.prange(perm.shape[0]):
         i = perm[j]
         hi[j] = _byteswap(words[2 * i])
         lo[j] = _byteswap(words[2 * i + 1])
-        ok[j] = not has_nulls or (bitmap[i >> 3] >> (i & 7)) & 1
+        ok[j] = not has_nulls or valid[i]
 
 
 @nb.njit(**_OPTS)
@@ -362,20 +346,12 @@ def _sort_in_place(values):
 
 
 @nb.njit(**_OPTS)
-def _sorted_stats(column, a, b, buffer):
-    """(distinct, mode, mode count) of ``column[a:b]`` (nulls skipped) by sorting."""
-    k = 0
-    for j in range(a, b):
-        v = column[j]
-        if v != NULL:
-            buffer[k] = v
-            k += 1
-    if k == 0:
-        return 0, NULL, 0
-    part = buffer[:k]
+def _sorted_stats(part):
+    """(distinct, mode, mode count) of the values ``part`` (sorted in place)."""
     _sort_in_place(part)
     distinct, best, best_count = 0, NULL, 0
     run_start = 0
+    k = part.shape[0]
     for j in range(1, k + 1):
         if j == k or part[j] != part[run_start]:
             distinct += 1
@@ -406,89 +382,89 @@ _BLOCK = 2048  # rows a thread takes at a time
 
 
 @nb.njit(parallel=True, **_OPTS)
-def _narrow_aggregates(row_start, column, stat, numeric, with_std, domain, shares,
-                       share_rows, pred_kind, pred_set, pred_clear, pred_values, distinct,
-                       mode_value, mode_count, total, present, low, high, squares, hits,
-                       buffers, counts):
-    """Per row (group ``column[row_start[row]:row_start[row + 1]]``): the column's stats
-    (row ``stat`` of distinct/mode_value/mode_count, if >= 0), its numeric aggregates
-    (row ``numeric`` of total/present/low/high/squares, if >= 0) and, per share feature
-    ``shares[t]`` predicated on it, the packets that satisfy it (``hits[share_rows[t]]``).
+def _narrow_aggregates(row_start, perm, values, valid, has_nulls, stat, numeric, with_std,
+                       domain, shares, share_rows, pred_kind, pred_set, pred_clear,
+                       pred_values, distinct, mode_value, mode_count, total, present, low,
+                       high, squares, hits, buffers, counts):
+    """Per row, over the non-null ``values[perm[j]]`` for ``j`` in ``row_start[row]:
+    row_start[row + 1]``: the column's stats (row ``stat`` of distinct/mode_value/
+    mode_count, if >= 0), its numeric aggregates (row ``numeric`` of total/present/low/
+    high/squares, if >= 0) and, per share feature ``shares[t]`` predicated on it, the
+    packets that satisfy it (``hits[share_rows[t]]``). ``valid``: a byte per packet, if
+    ``has_nulls``.
 
-    ``domain`` > 0: values are below it, and a group's are counted in a slot per value
-    (``counts``, per thread, left zeroed); predicates are then tested once per distinct
-    value. Otherwise values are sorted, and predicates tested per packet.
+    A group's values are copied to a per-thread buffer first, so every pass after the
+    one random read per packet is over a few cached values. ``domain`` > 0: values are
+    below it, and counted in a slot per value (``counts``, per thread, left zeroed);
+    predicates are then tested once per distinct value. Otherwise values are sorted.
     """
     rows = row_start.shape[0] - 1
-    big = np.iinfo(np.int64).max
     n_shares = shares.shape[0]
     for block in nb.prange((rows + _BLOCK - 1) // _BLOCK):
         thread = nb.get_thread_id()
-        buffer = buffers[thread]
+        buffer, touched = buffers[thread, 0], buffers[thread, 1]
         count_of = counts[thread, :max(domain, 1)]
         for row in range(block * _BLOCK, min(rows, (block + 1) * _BLOCK)):
-            a, b = row_start[row], row_start[row + 1]
-            shares_done = False
-            if stat >= 0:
-                if b - a == 1:
-                    v = column[a]
-                    if v == NULL:
-                        d, mv, mc = 0, NULL, 0
-                    else:
-                        d, mv, mc = 1, v, 1
-                elif domain > 0:
-                    d = 0
-                    for j in range(a, b):
-                        v = column[j]
-                        if v != NULL:
-                            if count_of[v] == 0:
-                                buffer[d] = v
-                                d += 1
-                            count_of[v] += 1
-                    mv, mc = NULL, 0
-                    for x in range(d):
-                        v = buffer[x]
-                        count = count_of[v]
-                        if count > mc or (count == mc and v < mv):  # ties: smallest value
-                            mv, mc = v, count
-                        for t in range(n_shares):
-                            f = shares[t]
-                            if _predicate(pred_kind[f], v, pred_set[f], pred_clear[f],
-                                          pred_values, f):
-                                hits[share_rows[t], row] += count
-                        count_of[v] = 0
-                    shares_done = True
-                else:
-                    d, mv, mc = _sorted_stats(column, a, b, buffer)
-                distinct[stat, row], mode_value[stat, row], mode_count[stat, row] = d, mv, mc
+            k = 0
+            for j in range(row_start[row], row_start[row + 1]):
+                i = perm[j]
+                if not has_nulls or valid[i]:
+                    buffer[k] = values[i]
+                    k += 1
+            part = buffer[:k]
             if numeric >= 0:
-                t, cnt, lo_v, hi_v = 0, 0, big, -big
-                for j in range(a, b):
-                    v = column[j]
-                    if v != NULL:
-                        t += v
-                        cnt += 1
-                        lo_v = min(lo_v, v)
-                        hi_v = max(hi_v, v)
-                total[numeric, row], present[numeric, row] = t, cnt
+                t, lo_v, hi_v = 0, NULL, NULL
+                if k:
+                    lo_v = hi_v = part[0]
+                for v in part:
+                    t += v
+                    lo_v = min(lo_v, v)
+                    hi_v = max(hi_v, v)
+                total[numeric, row], present[numeric, row] = t, k
                 low[numeric, row], high[numeric, row] = lo_v, hi_v
-                if with_std and cnt >= 2:  # two passes: no cancellation
-                    mean = t / cnt
+                if with_std and k >= 2:  # two passes: no cancellation
+                    mean = t / k
                     acc = 0.0
-                    for j in range(a, b):
-                        v = column[j]
-                        if v != NULL:
-                            deviation = v - mean
-                            acc += deviation * deviation
+                    for v in part:
+                        deviation = v - mean
+                        acc += deviation * deviation
                     squares[numeric, row] = acc
-            if not shares_done:
-                for t in range(n_shares):
-                    f = shares[t]
-                    h = 0
-                    for j in range(a, b):
-                        h += _predicate(pred_kind[f], column[j], pred_set[f], pred_clear[f],
-                                        pred_values, f)
-                    hits[share_rows[t], row] = h
+            if stat >= 0 and domain > 0 and k > 1:
+                d = 0
+                for v in part:
+                    if count_of[v] == 0:
+                        touched[d] = v
+                        d += 1
+                    count_of[v] += 1
+                mv, mc = NULL, 0
+                for x in range(d):
+                    v = touched[x]
+                    count = count_of[v]
+                    if count > mc or (count == mc and v < mv):  # ties: the smallest value
+                        mv, mc = v, count
+                    for t in range(n_shares):
+                        f = shares[t]
+                        if _predicate(pred_kind[f], v, pred_set[f], pred_clear[f],
+                                      pred_values, f):
+                            hits[share_rows[t], row] += count
+                    count_of[v] = 0
+                distinct[stat, row], mode_value[stat, row], mode_count[stat, row] = d, mv, mc
+                continue
+            for t in range(n_shares):
+                f = shares[t]
+                h = 0
+                for v in part:
+                    h += _predicate(pred_kind[f], v, pred_set[f], pred_clear[f],
+                                    pred_values, f)
+                hits[share_rows[t], row] = h
+            if stat >= 0:
+                if k == 0:
+                    d, mv, mc = 0, NULL, 0
+                elif k == 1:
+                    d, mv, mc = 1, part[0], 1
+                else:
+                    d, mv, mc = _sorted_stats(part)
+                distinct[stat, row], mode_value[stat, row], mode_count[stat, row] = d, mv, mc
 
 
 @nb.njit(**_OPTS)
@@ -651,31 +627,49 @@ def _chunks(column) -> list[pa.Array]:
     return column.chunks if isinstance(column, pa.ChunkedArray) else [column]
 
 
-def _int64(column) -> np.ndarray:
-    """An int64 column as one numpy array (a view when it is one chunk)."""
-    parts = [_primitive(a) for a in _chunks(column)]
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+def _values(column, name: str) -> np.ndarray:
+    """A primitive column's values as one array (under nulls: arbitrary): a view of a
+    single chunk, else its chunks copied into working memory ``name``."""
+    chunks = _chunks(column)
+    if len(chunks) == 1:
+        return _primitive(chunks[0])
+    out = _workspace.array(name, len(column), np.dtype(column.type.to_pandas_dtype()))
+    start = 0
+    for array in chunks:
+        out[start:start + len(array)] = _primitive(array)
+        start += len(array)
+    return out
 
 
-def _column_words(column) -> np.ndarray:
-    """:func:`_words` of a chunked address column, as one array."""
-    parts = [_words(a) for a in _chunks(column)]
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+def _address_words(column, name: str) -> np.ndarray:
+    """:func:`_words` of an address column, as one array (chunks copied into ``name``)."""
+    chunks = _chunks(column)
+    if len(chunks) == 1:
+        return _words(chunks[0])
+    out = _workspace.array(name, 2 * len(column), np.uint64)
+    start = 0
+    for array in chunks:
+        out[start:start + 2 * len(array)] = _words(array)
+        start += 2 * len(array)
+    return out
 
 
-def _bitmap_bytes(array: pa.Array, n_bytes: int) -> np.ndarray | None:
-    """The validity bitmap with bit ``i`` for row ``i`` (None: no nulls)."""
-    if array.null_count == 0 or array.buffers()[0] is None:
+def _validity(column, name: str) -> np.ndarray | None:
+    """A byte per row, 1 where the value is set, in working memory ``name`` (None: no
+    nulls)."""
+    if column.null_count == 0:
         return None
-    if array.offset % 8 == 0:
-        raw = np.frombuffer(array.buffers()[0], np.uint8)[array.offset // 8:]
-        out = np.zeros(n_bytes, np.uint8)
-        out[:min(n_bytes, raw.size)] = raw[:n_bytes]
-        return out
-    bits = array.is_valid().to_numpy(zero_copy_only=False)
-    out = np.zeros(n_bytes, np.uint8)
-    packed = np.packbits(bits, bitorder="little")
-    out[:packed.size] = packed
+    out = _workspace.array(name, len(column), np.uint8)
+    start = 0
+    for array in _chunks(column):
+        n, first = len(array), array.offset
+        if array.null_count == 0:
+            out[start:start + n] = 1
+        else:
+            bits = np.frombuffer(array.buffers()[0], np.uint8)[first // 8:(first + n + 7) // 8]
+            out[start:start + n] = np.unpackbits(bits, bitorder="little")[
+                first % 8:first % 8 + n]
+        start += n
     return out
 
 
@@ -764,7 +758,7 @@ def evaluate(packets: pa.Table, spec: fs.FeatureSpec) -> pa.Table:
     n = packets.num_rows
     if n == 0:
         return spec.schema().empty_table()
-    ts = _int64(packets.column("ts"))
+    ts = _values(packets.column("ts"), "ts")
     width = spec.window_ns
     first_window = int(ts.min()) // width
     n_windows = int(ts.max()) // width - first_window + 1
@@ -781,7 +775,7 @@ def evaluate(packets: pa.Table, spec: fs.FeatureSpec) -> pa.Table:
     del window
 
     # Group: each window's packets in node order, and where each node's packets start.
-    node_raw = _column_words(packets.column(spec.node))
+    node_raw = _address_words(packets.column(spec.node), "node")
     threads = nb.get_num_threads()
     largest_window = int(np.diff(starts).max())
     perm = _workspace.array("perm", n, np.int64)
@@ -804,7 +798,6 @@ def evaluate(packets: pa.Table, spec: fs.FeatureSpec) -> pa.Table:
     largest = int(np.diff(row_start).max())
 
     # Aggregate column by column: each is gathered into node order once.
-    n_bytes = (n + 7) // 8
     stats = _workspace.array("stats", (3, max(1, program.n_stats), rows), np.int64)
     numeric = _workspace.array("numeric", (4, max(1, program.n_numeric), rows), np.int64)
     squares = _workspace.array("squares", (max(1, program.n_numeric), rows), np.float64)
@@ -812,26 +805,24 @@ def evaluate(packets: pa.Table, spec: fs.FeatureSpec) -> pa.Table:
     share_index = np.full(len(program.opcode), -1, np.int64)
     share_index[share_features] = np.arange(len(share_features))
     hits = _workspace.array("hits", (max(1, len(share_features)), rows), np.int64, 0)
-    column = _workspace.array("column", n, np.int64)
-    buffers = _workspace.array("buffers", (threads, largest), np.int64)
+    buffers = _workspace.array("buffers", (threads, 2, largest), np.int64)
     counts = np.zeros((threads, 1), np.int32)
-    no_bitmap = np.zeros(1, np.uint8)
+    all_valid = np.ones(1, np.uint8)
     for c, name in enumerate(program.narrow):
-        array = _array(packets.column(name))
-        bitmap = _bitmap_bytes(array, n_bytes)
-        top = _gather(perm, _primitive(array), no_bitmap if bitmap is None else bitmap,
-                      bitmap is not None, column)
+        column = packets.column(name)
+        values, valid = _values(column, "values"), _validity(column, "valid")
         s, q = program.stat_of_slot[c], program.numeric_of_slot[c]
+        top = int(values.max())  # values under nulls too: at worst a larger domain
         domain = top + 1 if s >= 0 and top < _MAX_DOMAIN else 0
         if domain > counts.shape[1]:
             counts = _workspace.array("counts", (threads, domain), np.int32, 0)
         on_column = share_features[program.pred_slot[share_features] == c]
-        _narrow_aggregates(row_start, column, s, q, program.std_of_slot[c], domain,
+        _narrow_aggregates(row_start, perm, values, all_valid if valid is None else valid,
+                           valid is not None, s, q, program.std_of_slot[c], domain,
                            on_column, share_index[on_column], program.pred_kind,
                            program.pred_set, program.pred_clear, program.pred_values,
                            stats[0], stats[1], stats[2], numeric[0], numeric[1], numeric[2],
                            numeric[3], squares, hits, buffers, counts)
-    del column
     wide_count = _workspace.array("wide_count", (max(1, len(program.wide)), rows), np.int64)
     if program.wide:
         hi, lo = _workspace.array("hi", n, np.uint64), _workspace.array("lo", n, np.uint64)
@@ -843,10 +834,10 @@ def evaluate(packets: pa.Table, spec: fs.FeatureSpec) -> pa.Table:
             capacity *= 2
         tables = _workspace.array("tables", (threads, capacity), np.int64, _EMPTY)
         for c, name in enumerate(program.wide):
-            array = _array(packets.column(name))
-            bitmap = _bitmap_bytes(array, n_bytes)
-            _gather_wide(perm, _words(array), no_bitmap if bitmap is None else bitmap,
-                         bitmap is not None, hi, lo, ok)
+            column = packets.column(name)
+            valid = _validity(column, "valid")
+            _gather_wide(perm, _address_words(column, "words"),
+                         all_valid if valid is None else valid, valid is not None, hi, lo, ok)
             _wide_aggregates(row_start, hi, lo, ok, wide_count[c], buffers_lo, buffers_hi,
                              tables)
 
@@ -860,7 +851,7 @@ def evaluate(packets: pa.Table, spec: fs.FeatureSpec) -> pa.Table:
               stats[0], stats[1], stats[2], numeric[0], numeric[1], numeric[2], numeric[3],
               squares, hits, wide_count, ints, int_valid, floats, float_valid)
 
-    pairs = node_raw.reshape(-1, 2)[perm[row_start[:rows]]]
+    pairs = node_raw.view(np.dtype("V16"))[perm[row_start[:rows]]]
     node = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), rows,
                                                 [None, pa.py_buffer(pairs)])
     window_start = np.repeat(window_index, nodes) * width

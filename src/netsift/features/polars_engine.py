@@ -395,7 +395,7 @@ def _read_chunk(chunk: _Chunk, spec: fs.FeatureSpec) -> pa.Table:
 
 #: Packets the kernel takes at once, about (whole windows): its working memory is a few
 #: hundred bytes a packet, so an hour partition is featurised in slices of whole windows.
-SLICE_ROWS = 2_000_000
+SLICE_ROWS = 2000000
 
 
 def _binary16(array: pa.Array) -> pa.Array:
