@@ -40,7 +40,10 @@ from netsift.features.spec import (
 
 ENGINES = ("polars", "spark")
 SPEC_FILE = "_spec.json"
-PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3}
+PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 1}
+# Columns whose values seldom repeat within a part: dictionary encoding costs time there
+# and saves nothing.
+_NO_DICTIONARY_AGGS = ("mean", "std")
 
 __all__ = [
     "ENGINES", "KEY_COLUMNS", "NAGM_FEATURES", "NODE", "WINDOW_START", "Feature",
@@ -119,17 +122,20 @@ def compute_features(source, spec: FeatureSpec = FeatureSpec(), *, engine: str =
 _ROWS_PER_FILE = 1 << 20
 
 
-def _write_parts(part: pa.Table, directory: Path, index: int) -> None:
+def _write_parts(part: pa.Table, directory: Path, index: int, spec: FeatureSpec) -> None:
     """``part`` as ``part-INDEX-J.parquet`` files of up to 1 Mi rows, written in parallel
     (Parquet encoding is single-threaded per file; names sort in row order)."""
+    plain = {NODE} | {f.name for f in spec.features if f.agg in _NO_DICTIONARY_AGGS}
+    options = {**PARQUET_OPTIONS, "use_dictionary": [n for n in part.column_names
+                                                     if n not in plain]}
     pieces = [part.slice(start, _ROWS_PER_FILE)
               for start in range(0, max(1, part.num_rows), _ROWS_PER_FILE)]
     paths = [directory / f"part-{index:05d}-{j:04d}.parquet" for j in range(len(pieces))]
     if len(pieces) == 1:
-        pq.write_table(pieces[0], paths[0], **PARQUET_OPTIONS)
+        pq.write_table(pieces[0], paths[0], **options)
         return
     with ThreadPoolExecutor(max_workers=min(len(pieces), os.cpu_count() or 1)) as pool:
-        list(pool.map(lambda job: pq.write_table(job[0], job[1], **PARQUET_OPTIONS),
+        list(pool.map(lambda job: pq.write_table(job[0], job[1], **options),
                       zip(pieces, paths, strict=True)))
 
 
@@ -176,7 +182,7 @@ def write_features(source, out: str | os.PathLike, spec: FeatureSpec = FeatureSp
                 for i, part in enumerate(polars_engine.batches(source, spec, device=device)):
                     if pending is not None:
                         pending.result()
-                    pending = writer.submit(_write_parts, part, tmp, i)
+                    pending = writer.submit(_write_parts, part, tmp, i, spec)
                     rows += part.num_rows
                     if "packets" in part.column_names:
                         packets += pc.sum(part.column("packets")).as_py() or 0

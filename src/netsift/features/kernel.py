@@ -379,6 +379,9 @@ def _predicate(kind, value, pset, pclear, pvalues, f):
 
 
 _BLOCK = 2048  # rows a thread takes at a time
+# Group size from which counting values in a slot per value beats sorting them (small
+# groups sort in registers; counting touches a table as large as the column's domain).
+_COUNT_ABOVE = 4
 
 
 @nb.njit(parallel=True, **_OPTS)
@@ -429,7 +432,7 @@ def _narrow_aggregates(row_start, perm, values, valid, has_nulls, stat, numeric,
                         deviation = v - mean
                         acc += deviation * deviation
                     squares[numeric, row] = acc
-            if stat >= 0 and domain > 0 and k > 1:
+            if stat >= 0 and domain > 0 and k > _COUNT_ABOVE:
                 d = 0
                 for v in part:
                     if count_of[v] == 0:
