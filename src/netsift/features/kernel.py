@@ -1,15 +1,18 @@
-"""The feature spec compiled into one numba kernel: the CPU path of the embedded engine.
+"""The feature spec compiled into numba kernels: the CPU path of the embedded engine.
 
 The Polars query (:mod:`netsift.features.polars_engine`) groups every packet by (node,
 window) several times over, with hash tables as large as the number of node-windows.
-This kernel instead uses what a capture already is: packets of one window are a
-contiguous time range. It splits a time range into windows (a counting sort on the
-window index), then, one window per thread, gives each node a dense id (an open
-addressing hash table sized by that window's nodes, which stays in cache), sorts the
-window's packets by node (a counting sort again), and evaluates every feature of the
-spec over each node's packets in one pass, with small sorts for modes and distinct
-counts. No hash table ever spans the dataset, and every step is linear except those
-per-node sorts.
+The kernel instead uses what a capture already is: packets of one window are a
+contiguous time range. It splits the packets into windows (a counting sort on the
+window index, skipped when they are in time order), then sorts each window's packets by
+node: IPv4 nodes by a radix sort of their 32-bit address, other addresses through a
+hash table of the window's nodes. A node's packets are then one run of that order
+(a row of the result), and every aggregate is a pass over runs, in parallel blocks of
+rows, one input column at a time: a run's values are copied into a per-thread buffer
+(the only random reads), and modes, distinct counts, sums and predicate counts come
+from that buffer, by counting in a slot per value for larger runs of small-valued
+columns (ports, TTLs, flags, lengths) and by sorting otherwise. No hash table ever spans
+the dataset, and working arrays are kept per thread between calls.
 
 The spec drives it as data: each feature becomes an opcode, a column slot and a
 predicate (:func:`compile_spec`); adding a feature to the spec needs no kernel change.
