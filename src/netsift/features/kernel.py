@@ -411,12 +411,17 @@ def _narrow_aggregates(row_start, perm, values, valid, has_nulls, stat, numeric,
         buffer, touched = buffers[thread, 0], buffers[thread, 1]
         count_of = counts[thread, :max(domain, 1)]
         for row in range(block * _BLOCK, min(rows, (block + 1) * _BLOCK)):
-            k = 0
-            for j in range(row_start[row], row_start[row + 1]):
-                i = perm[j]
-                if not has_nulls or valid[i]:
+            a, b = row_start[row], row_start[row + 1]
+            if has_nulls:  # branch-free: a null's value is overwritten by the next one
+                k = 0
+                for j in range(a, b):
+                    i = perm[j]
                     buffer[k] = values[i]
-                    k += 1
+                    k += valid[i]
+            else:
+                for j in range(a, b):
+                    buffer[j - a] = values[perm[j]]
+                k = b - a
             part = buffer[:k]
             if numeric >= 0:
                 t, lo_v, hi_v = 0, NULL, NULL
