@@ -638,13 +638,15 @@ def _chunks(column) -> list[pa.Array]:
     return column.chunks if isinstance(column, pa.ChunkedArray) else [column]
 
 
-def _values(column, name: str) -> np.ndarray:
+def _values(column, name: str, dtype=None) -> np.ndarray:
     """A primitive column's values as one array (under nulls: arbitrary): a view of a
-    single chunk, else its chunks copied into working memory ``name``."""
+    single chunk of ``dtype`` (default: the column's), else copied into working memory
+    ``name``."""
     chunks = _chunks(column)
-    if len(chunks) == 1:
+    dtype = np.dtype(dtype or column.type.to_pandas_dtype())
+    if len(chunks) == 1 and _primitive(chunks[0]).dtype == dtype:
         return _primitive(chunks[0])
-    out = _workspace.array(name, len(column), np.dtype(column.type.to_pandas_dtype()))
+    out = _workspace.array(name, len(column), dtype)
     start = 0
     for array in chunks:
         out[start:start + len(array)] = _primitive(array)
@@ -821,7 +823,9 @@ def evaluate(packets: pa.Table, spec: fs.FeatureSpec) -> pa.Table:
     all_valid = np.ones(1, np.uint8)
     for c, name in enumerate(program.narrow):
         column = packets.column(name)
-        values, valid = _values(column, "values"), _validity(column, "valid")
+        # One value type for every column: one compiled variant of the kernel.
+        values = _values(column, "values", np.uint32)
+        valid = _validity(column, "valid")
         s, q = program.stat_of_slot[c], program.numeric_of_slot[c]
         top = int(values.max())  # values under nulls too: at worst a larger domain
         domain = top + 1 if s >= 0 and top < _MAX_DOMAIN else 0
