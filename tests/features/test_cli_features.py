@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -78,6 +79,26 @@ def test_missing_input(tmp_path):
     assert proc.returncode == 1
     assert errors(proc) == f"netsift: error: {tmp_path / 'nothing'}: no such packet " \
                            "dataset or Parquet file"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt pages"])
+def test_damaged_packet_file_is_one_line_naming_it(lan_dataset, tmp_path, damage):
+    packets = tmp_path / "packets"
+    shutil.copytree(lan_dataset, packets)
+    victim = sorted(packets.glob("date=*/hour=*/*.parquet"))[0]
+    data = bytearray(victim.read_bytes())
+    if damage == "truncated":
+        data = data[:len(data) // 2]
+    else:  # the footer intact, the column chunks scrambled
+        for i in range(4, len(data) - 4096, 7):
+            data[i] ^= 0x5A
+    victim.write_bytes(bytes(data))
+    proc = netsift("features", str(packets), "--out", str(tmp_path / "f"))
+    assert proc.returncode == 1
+    error = errors(proc)
+    assert error.startswith(f"netsift: error: {victim}: cannot read packets (")
+    assert len(error.splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert not (tmp_path / "f").exists()
 
 
 @pytest.mark.spark

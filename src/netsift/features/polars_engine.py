@@ -25,7 +25,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from netsift.errors import UsageError
+from netsift.errors import StorageError, UsageError
 from netsift.features import spec as fs
 from netsift.schema import PACKET_SCHEMA
 
@@ -380,17 +380,26 @@ def _kernel(table: pa.Table, spec: fs.FeatureSpec) -> pa.Table:
     return kernel.evaluate(table, spec)
 
 
+def _unreadable(path: str, exc: Exception) -> StorageError:
+    """A damaged packet file as one line that names it."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return StorageError(f"{path}: cannot read packets ({reason})")
+
+
 def _read_chunk(chunk: _Chunk, spec: fs.FeatureSpec) -> pa.Table:
     """The chunk's packets, the spec's columns. Rows without a time or a node may remain
     (the engines drop them)."""
     import pyarrow.dataset as ds
 
-    dataset = ds.dataset(list(chunk.files), format="parquet")
-    if chunk.start is None or _whole_hours(chunk):
-        # An hour partition holds only that hour's packets: nothing to cut away.
-        return dataset.to_table(columns=spec.input_columns())
-    where = (ds.field("ts") >= chunk.start) & (ds.field("ts") < chunk.end)
-    return dataset.to_table(columns=spec.input_columns(), filter=where)
+    try:
+        dataset = ds.dataset(list(chunk.files), format="parquet")
+        if chunk.start is None or _whole_hours(chunk):
+            # An hour partition holds only that hour's packets: nothing to cut away.
+            return dataset.to_table(columns=spec.input_columns())
+        where = (ds.field("ts") >= chunk.start) & (ds.field("ts") < chunk.end)
+        return dataset.to_table(columns=spec.input_columns(), filter=where)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise _unreadable(", ".join(chunk.files), exc) from None
 
 
 #: Packets the kernel takes at once, about (whole windows): its working memory is a few
@@ -422,7 +431,10 @@ def _read_rows(path: str, start: int, count: int, schema: pa.Schema) -> pa.Table
         .select(schema.names).with_columns(
             pl.col(name).bin.reinterpret(dtype=pl.Array(pl.UInt64, 2), endianness="little")
             for name in addresses)
-    table = frame.collect().to_arrow()
+    try:
+        table = frame.collect().to_arrow()
+    except pl.exceptions.PolarsError as exc:
+        raise _unreadable(path, exc) from None
     for name in addresses:
         i = table.column_names.index(name)
         column = pa.chunked_array([_binary16(a) for a in table.column(i).chunks],
@@ -451,7 +463,10 @@ def _slices(chunk: _Chunk, spec: fs.FeatureSpec) -> Iterator[pa.Table]:
     groups = []  # (first window, file, row group, first row, rows)
     kinds = None
     for path in chunk.files:
-        reader = pq.ParquetFile(path)
+        try:
+            reader = pq.ParquetFile(path)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise _unreadable(path, exc) from None
         metadata, arrow = reader.metadata, reader.schema_arrow
         names = arrow.names
         types = [arrow.field(c).type if c in names else None for c in columns]
