@@ -46,11 +46,12 @@ _EMPTY = np.int64(-1)
 class Program:
     """A spec as arrays the kernel reads.
 
-    Narrow columns (unsigned, at most 32 bits) are one int64 matrix, a row per column,
-    with NULL for null; wide columns (addresses) are (hi, lo) uint64 pairs and only feed
-    ``n_unique``. Per narrow column the kernel computes, once per group, what the
-    features need: ``stat_of_slot`` (distinct count and mode) and ``numeric_of_slot``
-    (sum, count, min, max, and the squared deviations if ``std_of_slot``).
+    Narrow columns (unsigned, at most 32 bits) are read as uint32, their nulls skipped as
+    a group's values are loaded; wide columns (addresses) are (hi, lo) uint64 pairs and
+    only feed ``n_unique``. Per narrow column the kernel computes, once per group, what
+    the features need: ``stat_of_slot`` (distinct count and mode) and
+    ``numeric_of_slot`` (sum, count, min, max, and the squared deviations if
+    ``std_of_slot``).
     """
 
     narrow: tuple[str, ...]
@@ -644,8 +645,8 @@ def _values(column, name: str, dtype=None) -> np.ndarray:
     ``name``."""
     chunks = _chunks(column)
     dtype = np.dtype(dtype or column.type.to_pandas_dtype())
-    if len(chunks) == 1 and _primitive(chunks[0]).dtype == dtype:
-        return _primitive(chunks[0])
+    if len(chunks) == 1 and (view := _primitive(chunks[0])).dtype == dtype:
+        return view
     out = _workspace.array(name, len(column), dtype)
     start = 0
     for array in chunks:
@@ -810,7 +811,7 @@ def evaluate(packets: pa.Table, spec: fs.FeatureSpec) -> pa.Table:
     del group_at
     largest = int(np.diff(row_start).max())
 
-    # Aggregate column by column: each is gathered into node order once.
+    # Aggregate column by column, each node's run of packets at a time.
     stats = _workspace.array("stats", (3, max(1, program.n_stats), rows), np.int64)
     numeric = _workspace.array("numeric", (4, max(1, program.n_numeric), rows), np.int64)
     squares = _workspace.array("squares", (max(1, program.n_numeric), rows), np.float64)
