@@ -132,9 +132,13 @@ def synth_batch(rng: np.random.Generator, n: int, t0: int, t1: int, record0: int
 def make_dataset(packets_per_hour: int, hours: int, seed: int = 7) -> Path:
     """Write (or reuse) a packet dataset of ``hours`` hours; return its directory."""
     from netsift import store
+    from netsift.schema import PACKET_SCHEMA
 
     root = DATA / f"packets-{packets_per_hour}x{hours}h"
-    if (root / "_complete").exists():
+    # The store's format (schema, encodings) changes decode cost: a dataset written in
+    # another format is written again.
+    layout = json.dumps([str(PACKET_SCHEMA), store.PARQUET_OPTIONS, seed], sort_keys=True)
+    if (root / "_complete").exists() and (root / "_complete").read_text() == layout:
         return root
     shutil.rmtree(root, ignore_errors=True)
     rng = np.random.default_rng(seed)
@@ -154,7 +158,7 @@ def make_dataset(packets_per_hour: int, hours: int, seed: int = 7) -> Path:
                 record += n
                 done += n
         store.write_stream(batches(), root, f"synthetic-{hour:04d}")
-    (root / "_complete").write_text("")
+    (root / "_complete").write_text(layout)
     return root
 
 

@@ -90,6 +90,28 @@ def test_grouping_paths_give_the_reference_features(paths_table):
     assert pc.max(got.column("dst_addresses")).as_py() > kernel._HASH_ABOVE
 
 
+def test_ipv4_addresses_are_counted_as_32_bit_keys(paths_table):
+    """A column of IPv4 addresses only (nulls aside) takes the 32-bit distinct path; the
+    fixture's own dst column, with IPv6 addresses, takes the 128-bit one."""
+    rng = np.random.default_rng(5)
+    v4 = _addresses(f"192.0.{i // 200}.{i % 200 + 1}" for i in range(400))
+    rows = paths_table.num_rows
+    dst = pa.array([v4[i] for i in rng.integers(0, len(v4), rows)], pa.binary(16),
+                   mask=rng.random(rows) < 0.03)
+    table = paths_table.set_column(paths_table.schema.get_field_index("dst"), "dst", dst)
+
+    def not_v4(column) -> int:
+        return kernel._v4_keys(kernel._address_words(column, "test_words"),
+                               kernel._validity(column, "test_valid"), True,
+                               np.empty(len(column), np.uint32))
+
+    assert not_v4(table.column("dst")) == 0 and not_v4(paths_table.column("dst")) > 0
+    spec = nf.FeatureSpec()
+    got = kernel.evaluate(table, spec)
+    assert_same(got, features(table, spec), "IPv4 distinct addresses")
+    assert pc.max(got.column("dst_addresses")).as_py() > kernel._HASH_ABOVE
+
+
 @pytest.mark.parametrize("node", ["src", "dst"])
 @pytest.mark.parametrize("window", ["60s", "1s", "5m"])
 def test_grouping_paths_equal_the_query(paths_table, node, window):

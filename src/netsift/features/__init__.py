@@ -35,12 +35,16 @@ from netsift.features.spec import (
     FeatureSpec,
     Flags,
     IsIn,
+    feature_schema,
     parse_duration,
 )
 
 ENGINES = ("polars", "spark")
 SPEC_FILE = "_spec.json"
-PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 1}
+# Statistics (min/max) are kept for the keys only: readers prune by window and node, and
+# statistics on every feature cost about a sixth of the encoding time.
+PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 1,
+                   "write_statistics": list(KEY_COLUMNS)}
 # Columns whose values seldom repeat within a part: dictionary encoding costs time there
 # and saves nothing.
 _NO_DICTIONARY_AGGS = ("mean", "std")
@@ -217,11 +221,23 @@ def read_features(path: str | os.PathLike) -> pa.Table:
     files = sorted(Path(path).glob("part-*.parquet"))
     if not files:
         raise UsageError(f"{path}: no feature table (no part-*.parquet files)")
+    schema = _stored_schema(Path(path))
     tables = []
     for f in files:
         table = pq.read_table(f)
-        if NODE in table.column_names:  # Spark writes the node as variable-length binary
+        if schema is not None and table.schema.names == schema.names:
+            table = table.cast(schema)  # Spark: variable binary node, every column nullable
+        elif NODE in table.column_names:
             i = table.column_names.index(NODE)
             table = table.set_column(i, NODE, table.column(NODE).cast(pa.binary(16)))
         tables.append(table)
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+
+def _stored_schema(path: Path) -> pa.Schema | None:
+    """The schema ``_spec.json`` of a feature table describes (None: no readable spec)."""
+    try:
+        features = json.loads((path / SPEC_FILE).read_text())["features"]
+        return feature_schema((f["name"], f["agg"]) for f in features)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

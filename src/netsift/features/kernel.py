@@ -46,9 +46,9 @@ _EMPTY = np.int64(-1)
 class Program:
     """A spec as arrays the kernel reads.
 
-    Narrow columns (unsigned, at most 32 bits) are read as uint32, their nulls skipped as
-    a group's values are loaded; wide columns (addresses) are (hi, lo) uint64 pairs and
-    only feed ``n_unique``. Per narrow column the kernel computes, once per group, what
+    Narrow columns (unsigned, at most 32 bits) are read at their width, their nulls
+    skipped as a group's values are loaded; wide columns (addresses) are (hi, lo) uint64
+    pairs and only feed ``n_unique``. Per narrow column the kernel computes, once per group, what
     the features need: ``stat_of_slot`` (distinct count and mode) and
     ``numeric_of_slot`` (sum, count, min, max, and the squared deviations if
     ``std_of_slot``).
@@ -136,6 +136,7 @@ _HASH_ABOVE = 16  # group size from which a hash set beats sorting (address colu
 # two values on. Larger values are sorted.
 _MAX_DOMAIN = 1 << 18
 _V4_MAPPED = np.uint64(0xFFFF)
+_V4_PREFIX = np.uint64(0xFFFF0000)  # bytes 8-11 of an IPv4-mapped address, as read
 
 
 @nb.njit(**_OPTS)
@@ -538,6 +539,73 @@ def _wide_distinct(hi, lo, valid, a, b, buffer_lo, buffer_hi, table):
 
 
 @nb.njit(parallel=True, **_OPTS)
+def _v4_keys(words, valid, has_nulls, keys):
+    """Each address (``words``: 2 raw words a row) as a 32-bit key: its IPv4 address
+    (byte order kept) if IPv4-mapped. Returns how many set rows are not IPv4-mapped
+    (their keys are meaningless)."""
+    other = 0
+    for i in nb.prange(keys.shape[0]):
+        low_word = words[2 * i + 1]
+        keys[i] = np.uint32(low_word >> np.uint64(32))
+        v4 = words[2 * i] == 0 and (low_word & np.uint64(0xFFFFFFFF)) == _V4_PREFIX
+        if not v4 and (not has_nulls or valid[i] != 0):
+            other += 1
+    return other
+
+
+@nb.njit(parallel=True, **_OPTS)
+def _distinct_v4(row_start, perm, keys, valid, has_nulls, out, buffers, tables):
+    """Per row, the distinct set 32-bit ``keys[perm[j]]`` of its group (``out[row]``):
+    sorted in place for small groups, a hash set (``tables``, per thread, left empty)
+    above ``_HASH_ABOVE``."""
+    rows = row_start.shape[0] - 1
+    for block in nb.prange((rows + _BLOCK - 1) // _BLOCK):
+        thread = nb.get_thread_id()
+        buffer, table = buffers[thread], tables[thread]
+        for row in range(block * _BLOCK, min(rows, (block + 1) * _BLOCK)):
+            a, b = row_start[row], row_start[row + 1]
+            if has_nulls:  # branch-free: a null's key is overwritten by the next one
+                k = 0
+                for j in range(a, b):
+                    i = perm[j]
+                    buffer[k] = keys[i]
+                    k += valid[i]
+            else:
+                for j in range(a, b):
+                    buffer[j - a] = keys[perm[j]]
+                k = b - a
+            if k <= _HASH_ABOVE:
+                part = buffer[:k]
+                _sort_in_place(part)
+                distinct = 1 if k else 0
+                for j in range(1, k):
+                    distinct += part[j] != part[j - 1]
+                out[row] = distinct
+                continue
+            bits = 6
+            while (1 << bits) < 2 * k:
+                bits += 1
+            mask = (1 << bits) - 1
+            distinct = 0
+            for t in range(k):
+                key = np.int64(buffer[t])
+                # Fibonacci hashing: the product's top bits mix every bit of the key
+                slot = np.int64((np.uint64(key) * np.uint64(0x9E3779B97F4A7C15))
+                                >> np.uint64(64 - bits))
+                while True:
+                    entry = table[slot]
+                    if entry == _EMPTY:
+                        table[slot] = key
+                        distinct += 1
+                        break
+                    if entry == key:
+                        break
+                    slot = (slot + 1) & mask
+            table[:mask + 1] = _EMPTY
+            out[row] = distinct
+
+
+@nb.njit(parallel=True, **_OPTS)
 def _wide_aggregates(row_start, hi, lo, ok, out, buffers_lo, buffers_hi, tables):
     """Per row, the distinct addresses of its group (``out[row]``)."""
     rows = row_start.shape[0] - 1
@@ -608,6 +676,18 @@ def _features(row_start, opcode, slot, is_wide, out_index, stat_of_slot, numeric
                     floats[out, row] = np.sqrt(squares[q, row] / (present[q, row] - 1)) \
                         if valid else 0.0
                     float_valid[out, row] = valid
+
+
+@nb.njit(**_OPTS)
+def _keys(node_raw, perm, row_start, window_starts, nodes, node_words, window_start):
+    """Each row's node (the raw words of its first packet's) and window start."""
+    row = 0
+    for w in range(nodes.shape[0]):
+        for _ in range(nodes[w]):
+            i = perm[row_start[row]]
+            node_words[row, 0], node_words[row, 1] = node_raw[2 * i], node_raw[2 * i + 1]
+            window_start[row] = window_starts[w]
+            row += 1
 
 
 @nb.njit(**_OPTS)
@@ -819,13 +899,13 @@ def evaluate(packets: pa.Table, spec: fs.FeatureSpec) -> pa.Table:
     share_index = np.full(len(program.opcode), -1, np.int64)
     share_index[share_features] = np.arange(len(share_features))
     hits = _workspace.array("hits", (max(1, len(share_features)), rows), np.int64, 0)
-    buffers = _workspace.array("buffers", (threads, 2, largest), np.int64)
     counts = np.zeros((threads, 1), np.int32)
     all_valid = np.ones(1, np.uint8)
     for c, name in enumerate(program.narrow):
         column = packets.column(name)
-        # One value type for every column: one compiled variant of the kernel.
-        values = _values(column, "values", np.uint32)
+        # Values keep their width (a variant of the kernel each): the random reads of a
+        # window's values then stay in cache more often than widened copies would.
+        values = _values(column, "values")
         valid = _validity(column, "valid")
         s, q = program.stat_of_slot[c], program.numeric_of_slot[c]
         top = int(values.max())  # values under nulls too: at worst a larger domain
@@ -838,18 +918,32 @@ def evaluate(packets: pa.Table, spec: fs.FeatureSpec) -> pa.Table:
                            on_column, share_index[on_column], program.pred_kind,
                            program.pred_set, program.pred_clear, program.pred_values,
                            stats[0], stats[1], stats[2], numeric[0], numeric[1], numeric[2],
-                           numeric[3], squares, hits, buffers, counts)
+                           numeric[3], squares, hits,
+                           _workspace.array(f"buffers_{values.dtype}", (threads, 2, largest),
+                                            values.dtype), counts)
     wide_count = _workspace.array("wide_count", (max(1, len(program.wide)), rows), np.int64)
-    if program.wide:
+    capacity = 64
+    while capacity < 2 * largest:
+        capacity *= 2
+    other = []
+    for c, name in enumerate(program.wide):  # IPv4 (the usual case): 32-bit keys
+        column = packets.column(name)
+        valid = _validity(column, "valid")
+        valid = all_valid if valid is None else valid
+        keys = _workspace.array("v4_keys", n, np.uint32)
+        if _v4_keys(_address_words(column, "words"), valid, column.null_count > 0, keys):
+            other.append((c, name))
+            continue
+        _distinct_v4(row_start, perm, keys, valid, column.null_count > 0, wide_count[c],
+                     _workspace.array("buffers_v4", (threads, largest), np.uint32),
+                     _workspace.array("tables", (threads, capacity), np.int64, _EMPTY))
+    if other:
         hi, lo = _workspace.array("hi", n, np.uint64), _workspace.array("lo", n, np.uint64)
         ok = _workspace.array("ok", n, np.bool_)
         buffers_lo = _workspace.array("buffers_lo", (threads, largest), np.uint64)
         buffers_hi = _workspace.array("buffers_hi", (threads, largest), np.uint64)
-        capacity = 64
-        while capacity < 2 * largest:
-            capacity *= 2
         tables = _workspace.array("tables", (threads, capacity), np.int64, _EMPTY)
-        for c, name in enumerate(program.wide):
+        for c, name in other:
             column = packets.column(name)
             valid = _validity(column, "valid")
             _gather_wide(perm, _address_words(column, "words"),
@@ -857,26 +951,41 @@ def evaluate(packets: pa.Table, spec: fs.FeatureSpec) -> pa.Table:
             _wide_aggregates(row_start, hi, lo, ok, wide_count[c], buffers_lo, buffers_hi,
                              tables)
 
-    # One row per output column: each feature comes out contiguous.
-    ints = np.empty((max(1, program.n_int), rows), np.int64)
-    floats = np.empty((max(1, program.n_float), rows), np.float64)
-    int_valid = np.ones(ints.shape, np.bool_)
-    float_valid = np.ones(floats.shape, np.bool_)
+    # One row per output column: each feature comes out contiguous. Results live in
+    # Arrow's memory pool, which reuses freed memory; fresh numpy arrays of this size
+    # would be page-faulted in anew for every slice. Validity is written for every row
+    # of the features that can be null and read for no other.
+    int_memory, ints = _arrow_array((max(1, program.n_int), rows), np.int64)
+    float_memory, floats = _arrow_array((max(1, program.n_float), rows), np.float64)
+    int_valid = _workspace.array("int_valid", ints.shape, np.bool_)
+    float_valid = _workspace.array("float_valid", floats.shape, np.bool_)
     _features(row_start, program.opcode, program.slot, program.is_wide, program.out_index,
               program.stat_of_slot, program.numeric_of_slot, share_index, spec.window_seconds,
               stats[0], stats[1], stats[2], numeric[0], numeric[1], numeric[2], numeric[3],
               squares, hits, wide_count, ints, int_valid, floats, float_valid)
 
-    pairs = node_raw.view(np.dtype("V16"))[perm[row_start[:rows]]]
-    node = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), rows,
-                                                [None, pa.py_buffer(pairs)])
-    window_start = np.repeat(window_index, nodes) * width
-    columns = [node, pa.array(window_start, pa.int64())]
-    for i in range(len(spec.features)):
+    node_memory, node_words = _arrow_array((rows, 2), np.uint64)
+    window_memory, window_start = _arrow_array(rows, np.int64)
+    _keys(node_raw, perm, row_start, window_index * width, nodes, node_words, window_start)
+    columns = [pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), rows, [None, node_memory]),
+               pa.Array.from_buffers(pa.int64(), rows, [None, window_memory])]
+    for i, feature in enumerate(spec.features):
         j = program.out_index[i]
         if program.is_float[i]:
-            out, valid, dtype = floats[j], float_valid[j], pa.float64()
+            memory, valid, dtype = float_memory, float_valid[j], pa.float64()
         else:
-            out, valid, dtype = ints[j], int_valid[j], pa.int64()
-        columns.append(pa.array(out, dtype, mask=None if valid.all() else ~valid))
+            memory, valid, dtype = int_memory, int_valid[j], pa.int64()
+        bitmap = None
+        if feature.agg not in fs.NEVER_NULL_AGGS and not valid.all():
+            bitmap = pa.py_buffer(np.packbits(valid, bitorder="little"))
+        columns.append(pa.Array.from_buffers(dtype, rows,
+                                             [bitmap, memory.slice(8 * j * rows, 8 * rows)]))
     return pa.Table.from_arrays(columns, schema=spec.schema())
+
+
+def _arrow_array(shape, dtype) -> tuple[pa.Buffer, np.ndarray]:
+    """Uninitialised memory from Arrow's pool, and a writable numpy view of it."""
+    dtype = np.dtype(dtype)
+    shape = shape if isinstance(shape, tuple) else (shape,)
+    memory = pa.allocate_buffer(max(1, int(np.prod(shape))) * dtype.itemsize)
+    return memory, np.frombuffer(memory, dtype)[:int(np.prod(shape))].reshape(shape)

@@ -54,6 +54,8 @@ NODE_SIDES = ("src", "dst")
 INTEGER_AGGS = frozenset({"count", "sum", "min", "max", "n_unique", "mode"})
 FLOAT_AGGS = frozenset({"mean", "std", "mode_share", "share", "rate"})
 AGGREGATIONS = INTEGER_AGGS | FLOAT_AGGS
+#: Aggregations whose result is never null: their columns are declared non-nullable.
+NEVER_NULL_AGGS = frozenset({"count", "sum", "n_unique", "share", "rate"})
 _NEEDS_COLUMN = AGGREGATIONS - {"count", "share", "rate"}
 # Modes are picked by packing (count, value) into one int64, so values must fit 32 bits.
 _MODE_TYPES = (pa.uint8(), pa.uint16(), pa.uint32())
@@ -160,6 +162,16 @@ NAGM_FEATURES: tuple[Feature, ...] = (
     *_mode_pair("proto", "proto", "IP protocol", "protocol number"),
 )
 
+def feature_schema(features) -> pa.Schema:
+    """The feature table's schema for ``(name, agg)`` pairs: node, window_start, then the
+    features; keys and features that are never null (``NEVER_NULL_AGGS``) non-nullable."""
+    return pa.schema([pa.field(NODE, pa.binary(16), nullable=False),
+                      pa.field(WINDOW_START, pa.int64(), nullable=False),
+                      *(pa.field(name, pa.int64() if agg in INTEGER_AGGS else pa.float64(),
+                                 nullable=agg not in NEVER_NULL_AGGS)
+                        for name, agg in features)])
+
+
 _UNITS_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
              "m": 60_000_000_000, "h": 3_600_000_000_000, "d": 86_400_000_000_000}
 
@@ -219,8 +231,7 @@ class FeatureSpec:
 
     def schema(self) -> pa.Schema:
         """The feature table's Arrow schema: node, window_start, then features in order."""
-        return pa.schema([pa.field(NODE, pa.binary(16)), pa.field(WINDOW_START, pa.int64()),
-                          *(pa.field(f.name, f.dtype) for f in self.features)])
+        return feature_schema((f.name, f.agg) for f in self.features)
 
     def to_json(self) -> dict:
         return {
