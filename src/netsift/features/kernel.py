@@ -678,16 +678,15 @@ def _features(row_start, opcode, slot, is_wide, out_index, stat_of_slot, numeric
                     float_valid[out, row] = valid
 
 
-@nb.njit(**_OPTS)
-def _keys(node_raw, perm, row_start, window_starts, nodes, node_words, window_start):
-    """Each row's node (the raw words of its first packet's) and window start."""
-    row = 0
-    for w in range(nodes.shape[0]):
-        for _ in range(nodes[w]):
+@nb.njit(parallel=True, **_OPTS)
+def _keys(node_raw, perm, row_start, row_offsets, window_starts, node_words, window_start):
+    """Each row's node (the raw words of its first packet's) and window start; window
+    ``w`` holds rows ``row_offsets[w]:row_offsets[w + 1]``."""
+    for w in nb.prange(row_offsets.shape[0] - 1):
+        for row in range(row_offsets[w], row_offsets[w + 1]):
             i = perm[row_start[row]]
             node_words[row, 0], node_words[row, 1] = node_raw[2 * i], node_raw[2 * i + 1]
             window_start[row] = window_starts[w]
-            row += 1
 
 
 @nb.njit(**_OPTS)
@@ -864,7 +863,9 @@ def evaluate(packets: pa.Table, spec: fs.FeatureSpec) -> pa.Table:
         n_windows = len(occupied)
     else:
         window_index = np.arange(n_windows, dtype=np.int64) + first_window
-    order = _workspace.array("order", n, np.int64)
+    # Packet indices as int32 where they fit: every pass over the node order reads them.
+    index = np.int32 if n < 2**31 else np.int64
+    order = _workspace.array("order", n, index)
     starts = _window_order(window, n_windows, order)
     del window
 
@@ -872,12 +873,12 @@ def evaluate(packets: pa.Table, spec: fs.FeatureSpec) -> pa.Table:
     node_raw = _address_words(packets.column(spec.node), "node")
     threads = nb.get_num_threads()
     largest_window = int(np.diff(starts).max())
-    perm = _workspace.array("perm", n, np.int64)
+    perm = _workspace.array("perm", n, index)
     group_at = _workspace.array("group_at", n, np.int64)
     nodes = np.zeros(n_windows, np.int64)
     _group(order, starts, node_raw, perm, group_at, nodes,
            _workspace.array("keys", (threads, 2, largest_window), np.uint32),
-           _workspace.array("items", (threads, largest_window), np.int64))
+           _workspace.array("items", (threads, largest_window), index))
     del order
     row_offsets = np.zeros(n_windows + 1, np.int64)
     np.cumsum(nodes, out=row_offsets[1:])
@@ -966,7 +967,8 @@ def evaluate(packets: pa.Table, spec: fs.FeatureSpec) -> pa.Table:
 
     node_memory, node_words = _arrow_array((rows, 2), np.uint64)
     window_memory, window_start = _arrow_array(rows, np.int64)
-    _keys(node_raw, perm, row_start, window_index * width, nodes, node_words, window_start)
+    _keys(node_raw, perm, row_start, row_offsets, window_index * width, node_words,
+          window_start)
     columns = [pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), rows, [None, node_memory]),
                pa.Array.from_buffers(pa.int64(), rows, [None, window_memory])]
     for i, feature in enumerate(spec.features):
