@@ -329,13 +329,14 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"{engine} time relative to {base}x (linear = the scale): "
                      + ", ".join(growth))
     if "polars" in args.engines:
-        best = max(r["rate"] for r in results if r["engine"] == "polars")
+        # Every scale must meet the target: the slowest one is reported.
+        slowest = min(r["rate"] for r in results if r["engine"] == "polars")
         lines.append(f"polars >= {TARGET_POLARS_RATE:,} packets/s, Parquet to Parquet: "
-                     f"{verdict(best >= TARGET_POLARS_RATE)} ({best:,.0f})")
-        compute = max(r["compute_rate"] for r in results if r["engine"] == "polars")
+                     f"{verdict(slowest >= TARGET_POLARS_RATE)} ({slowest:,.0f}, slowest scale)")
+        compute = min(r["compute_rate"] for r in results if r["engine"] == "polars")
         lines.append(f"polars >= {TARGET_POLARS_RATE:,} packets/s, computation alone "
                      f"(packets in memory): {verdict(compute >= TARGET_POLARS_RATE)} "
-                     f"({compute:,.0f})")
+                     f"({compute:,.0f}, slowest scale)")
     if {"polars", "spark"} <= set(args.engines):
         ratios = [f"{s}x: {by['spark', s]['seconds'] / by['polars', s]['seconds']:.1f}"
                   for s in args.scales if ("spark", s) in by and ("polars", s) in by]
