@@ -11,8 +11,10 @@ hash table of the window's nodes. A node's packets are then one run of that orde
 rows, one input column at a time: a run's values are copied into a per-thread buffer
 (the only random reads), and modes, distinct counts, sums and predicate counts come
 from that buffer, by counting in a slot per value for larger runs of small-valued
-columns (ports, TTLs, flags, lengths) and by sorting otherwise. No hash table ever spans
-the dataset, and working arrays are kept per thread between calls.
+columns (ports, TTLs, flags, lengths) and by sorting otherwise; distinct addresses
+are counted on 32-bit keys when a slice's column is all IPv4. No hash table ever spans
+the dataset, working arrays are kept per thread between calls, and results are written
+into memory from Arrow's pool (reused between slices, unlike fresh numpy pages).
 
 The spec drives it as data: each feature becomes an opcode, a column slot and a
 predicate (:func:`compile_spec`); adding a feature to the spec needs no kernel change.
