@@ -30,6 +30,7 @@ from functools import lru_cache
 import numba as nb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from netsift.features import spec as fs
 from netsift.schema import PACKET_SCHEMA
@@ -708,6 +709,33 @@ def _split_halves(raw, hi, lo):
         lo[i] = _byteswap(raw[2 * i + 1])
 
 
+@nb.njit(parallel=True, **_OPTS)
+def _views_in_place(views, size):
+    """Whether every view (4 words: length, prefix, buffer, offset) is a ``size``-byte
+    value in buffer 0, ``size`` bytes after the previous one's."""
+    base = np.int64(views[0, 3])
+    misplaced = 0
+    for i in nb.prange(views.shape[0]):
+        if views[i, 0] != size or views[i, 2] != 0 or np.int64(views[i, 3]) != base + size * i:
+            misplaced += 1
+    return misplaced == 0
+
+
+@nb.njit(parallel=True, **_OPTS)
+def _gather_views(views, data, starts, out):
+    """Each 16-byte view's value into ``out`` (16 bytes a row; zeros for any other
+    length: nulls); ``data`` holds the data buffers end to end, buffer ``b`` from
+    ``starts[b]``."""
+    for i in nb.prange(views.shape[0]):
+        if views[i, 0] == 16:
+            at = starts[views[i, 2]] + views[i, 3]
+            for b in range(16):
+                out[16 * i + b] = data[at + b]
+        else:
+            for b in range(16):
+                out[16 * i + b] = 0
+
+
 # -- Arrow in, Arrow out -------------------------------------------------------------------
 
 def _array(column) -> pa.Array:
@@ -985,6 +1013,26 @@ def evaluate(packets: pa.Table, spec: fs.FeatureSpec) -> pa.Table:
         columns.append(pa.Array.from_buffers(dtype, rows,
                                              [bitmap, memory.slice(8 * j * rows, 8 * rows)]))
     return pa.Table.from_arrays(columns, schema=spec.schema())
+
+
+def fixed_binary16(array: pa.Array) -> pa.FixedSizeBinaryArray:
+    """A ``binary_view`` array of 16-byte values (nulls aside) as ``binary(16)``: its data
+    buffer as it is where the values lie end to end in it (as Polars' Parquet reader
+    leaves them), else gathered into new memory."""
+    n = len(array)
+    buffers = array.buffers()
+    views = np.frombuffer(buffers[1], np.uint32, count=4 * (array.offset + n))[
+        4 * array.offset:].reshape(n, 4)
+    if n and len(buffers) == 3 and _views_in_place(views, 16):
+        data = buffers[2].slice(int(views[0, 3]), 16 * n)
+    else:
+        parts = [np.frombuffer(b, np.uint8) for b in buffers[2:]] or [np.zeros(0, np.uint8)]
+        starts = np.zeros(len(parts), np.int64)
+        np.cumsum([len(p) for p in parts[:-1]], out=starts[1:])
+        data, out = _arrow_array(max(1, 16 * n), np.uint8)
+        _gather_views(views, np.concatenate(parts), starts, out)
+    validity = pc.is_valid(array).buffers()[1] if array.null_count else None
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), n, [validity, data])
 
 
 def _arrow_array(shape, dtype) -> tuple[pa.Buffer, np.ndarray]:

@@ -407,39 +407,27 @@ def _read_chunk(chunk: _Chunk, spec: fs.FeatureSpec) -> pa.Table:
 SLICE_ROWS = 2000000
 
 
-def _binary16(array: pa.Array) -> pa.Array:
-    """A ``fixed_size_list<uint64>[2]`` of little-endian words as the 16-byte binary it
-    was read from, without copying."""
-    words = array.values
-    data = words.buffers()[1]
-    if words.offset:
-        data = data.slice(words.offset * 8)
-    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(array),
-                                                [array.buffers()[0], data],
-                                                offset=array.offset)
-
-
 def _read_rows(path: str, start: int, count: int, schema: pa.Schema) -> pa.Table:
     """Rows ``start:start + count`` of a Parquet file, the columns of ``schema``.
 
     Polars decodes Parquet with less CPU than pyarrow, most of all 16-byte addresses,
-    which it reads as binary views: they come back as two uint64 words and are handed
-    on as the fixed-size binary pyarrow would give.
+    which it reads as binary views whose values lie end to end: they are handed on as
+    the fixed-size binary pyarrow would give, over the same memory.
     """
-    addresses = [f.name for f in schema if pa.types.is_fixed_size_binary(f.type)]
+    from netsift.features.kernel import fixed_binary16
+
     frame = pl.scan_parquet(path, hive_partitioning=False).slice(start, count) \
-        .select(schema.names).with_columns(
-            pl.col(name).bin.reinterpret(dtype=pl.Array(pl.UInt64, 2), endianness="little")
-            for name in addresses)
+        .select(schema.names)
     try:
-        table = frame.collect().to_arrow()
+        table = frame.collect().to_arrow(compat_level=pl.CompatLevel.newest())
     except pl.exceptions.PolarsError as exc:
         raise _unreadable(path, exc) from None
-    for name in addresses:
-        i = table.column_names.index(name)
-        column = pa.chunked_array([_binary16(a) for a in table.column(i).chunks],
-                                  pa.binary(16))
-        table = table.set_column(i, name, column)
+    for i, field in enumerate(table.schema):
+        if pa.types.is_binary_view(field.type) and schema.field(field.name).type == \
+                pa.binary(16):
+            column = pa.chunked_array([fixed_binary16(a) for a in table.column(i).chunks],
+                                      pa.binary(16))
+            table = table.set_column(i, field.name, column)
     return table if table.schema.equals(schema) else table.cast(schema)
 
 
