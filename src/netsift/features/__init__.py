@@ -45,9 +45,12 @@ SPEC_FILE = "_spec.json"
 # statistics on every feature cost about a sixth of the encoding time.
 PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 1,
                    "write_statistics": list(KEY_COLUMNS)}
-# Columns whose values seldom repeat within a part: dictionary encoding costs time there
-# and saves nothing.
-_NO_DICTIONARY_AGGS = ("mean", "std")
+# Encodings for columns whose values seldom repeat within a part, where a dictionary
+# costs time and saves nothing: the node (sorted within a window) shares its prefix with
+# the previous one; means and deviations are split by byte for zstd. Both take less CPU
+# and space than dictionaries there; Spark, Polars and pyarrow read them.
+_NODE_ENCODING = "DELTA_BYTE_ARRAY"
+_SPLIT_AGGS = ("mean", "std")
 
 __all__ = [
     "ENGINES", "KEY_COLUMNS", "NAGM_FEATURES", "NODE", "WINDOW_START", "Feature",
@@ -129,9 +132,10 @@ _ROWS_PER_FILE = 1 << 20
 def _write_parts(part: pa.Table, directory: Path, index: int, spec: FeatureSpec) -> None:
     """``part`` as ``part-INDEX-J.parquet`` files of up to 1 Mi rows, written in parallel
     (Parquet encoding is single-threaded per file; names sort in row order)."""
-    plain = {NODE} | {f.name for f in spec.features if f.agg in _NO_DICTIONARY_AGGS}
-    options = {**PARQUET_OPTIONS, "use_dictionary": [n for n in part.column_names
-                                                     if n not in plain]}
+    encodings = {NODE: _NODE_ENCODING} | {f.name: "BYTE_STREAM_SPLIT" for f in spec.features
+                                         if f.agg in _SPLIT_AGGS}
+    options = {**PARQUET_OPTIONS, "column_encoding": encodings,
+               "use_dictionary": [n for n in part.column_names if n not in encodings]}
     pieces = [part.slice(start, _ROWS_PER_FILE)
               for start in range(0, max(1, part.num_rows), _ROWS_PER_FILE)]
     paths = [directory / f"part-{index:05d}-{j:04d}.parquet" for j in range(len(pieces))]
