@@ -94,7 +94,7 @@ class Feature:
 
     @property
     def dtype(self) -> pa.DataType:
-        return pa.int64() if self.agg in INTEGER_AGGS else pa.float64()
+        return _result_type(self.agg)
 
     def validate(self) -> None:
         if self.agg not in AGGREGATIONS:
@@ -167,9 +167,12 @@ def feature_schema(features) -> pa.Schema:
     features; keys and features that are never null (``NEVER_NULL_AGGS``) non-nullable."""
     return pa.schema([pa.field(NODE, pa.binary(16), nullable=False),
                       pa.field(WINDOW_START, pa.int64(), nullable=False),
-                      *(pa.field(name, pa.int64() if agg in INTEGER_AGGS else pa.float64(),
-                                 nullable=agg not in NEVER_NULL_AGGS)
+                      *(pa.field(name, _result_type(agg), nullable=agg not in NEVER_NULL_AGGS)
                         for name, agg in features)])
+
+
+def _result_type(agg: str) -> pa.DataType:
+    return pa.int64() if agg in INTEGER_AGGS else pa.float64()
 
 
 _UNITS_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
