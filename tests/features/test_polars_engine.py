@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from feature_reference import assert_same, features
 
 import netsift.features as nf
 from netsift import store
-from netsift.errors import UsageError
+from netsift.errors import StorageError, UsageError
 from netsift.features import polars_engine as pe
 from netsift.schema import PACKET_SCHEMA, address_from_text
 
@@ -143,3 +144,30 @@ def test_missing_inputs_are_usage_errors(tmp_path, missing):
         path.mkdir()
     with pytest.raises(UsageError):
         nf.compute_features(path)
+
+
+def test_slices_read_ahead_in_order_and_errors_come_after_the_tables_before():
+    def tables():
+        yield pa.table({"i": [1]})
+        yield pa.table({"i": [2]})
+        raise StorageError("x.parquet: cannot read packets (damaged)")
+
+    got = []
+    with pytest.raises(StorageError, match="damaged"):
+        for table in pe._read_ahead(tables()):
+            got.append(table["i"][0].as_py())
+    assert got == [1, 2]
+
+
+def test_slices_are_read_one_ahead_and_no_further():
+    made = []
+
+    def tables():
+        for i in itertools.count():
+            made.append(i)
+            yield pa.table({"i": [i]})
+
+    ahead = pe._read_ahead(tables())
+    assert next(ahead)["i"][0].as_py() == 0
+    ahead.close()  # waits for the table being read, starts no other
+    assert made == [0, 1]

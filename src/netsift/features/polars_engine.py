@@ -519,6 +519,20 @@ def _slices(chunk: _Chunk, spec: fs.FeatureSpec) -> Iterator[pa.Table]:
         yield table
 
 
+def _read_ahead(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
+    """``tables``, each next one read in a thread while the caller works on the one it
+    has: reading and decoding leave cores idle between their parallel parts, and so does
+    the kernel. One table is held beyond the caller's; errors reach the caller in order.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="netsift-read") as reader:
+        ahead = reader.submit(next, tables, None)
+        while (table := ahead.result()) is not None:
+            ahead = reader.submit(next, tables, None)
+            yield table
+
+
 def _whole_hours(chunk: _Chunk) -> bool:
     """Whether every file of ``chunk`` is an hour partition inside [start, end)."""
     for f in chunk.files:
@@ -570,10 +584,12 @@ def batches(source: PacketSource, spec: fs.FeatureSpec = fs.FeatureSpec(),
             - first // spec.window_ns + 1
         yield finish(compute(frame, spec, first_window, windows).collect(engine=engine), spec)
         return
+    if engine == KERNEL:
+        slices = (table for chunk in chunks(packet_files(source), spec.window_ns)
+                  for table in _slices(chunk, spec))
+        yield from (_kernel(table, spec) for table in _read_ahead(slices))
+        return
     for chunk in chunks(packet_files(source), spec.window_ns):
-        if engine == KERNEL:
-            yield from (_kernel(table, spec) for table in _slices(chunk, spec))
-            continue
         lf = prepare(_read_chunk(chunk, spec), spec.input_columns()).lazy()
         first_window = windows = None
         if chunk.start is not None:
