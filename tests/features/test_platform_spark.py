@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import time
 
 import pytest
@@ -54,3 +56,17 @@ def _broken_launch(cluster):
     def launch(name, cls, *args):
         return original(name, "org.apache.spark.deploy.NoSuchMaster", *args)
     return launch
+
+
+@pytest.mark.spark
+def test_a_session_starts_without_pyspark_pandas_warning():
+    """pyspark warns that pandas 3 is newer than it knows when a session starts; netsift
+    hands it no pandas data, so a user's command must not print that."""
+    pytest.importorskip("pyspark")
+    code = ("from netsift.platform.spark import get_session\n"
+            "get_session('local[1]', app_name='netsift-warning-test').stop()\n")
+    proc = subprocess.run([sys.executable, "-W", "default", "-c", code],
+                          capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "FutureWarning" not in proc.stderr

@@ -23,12 +23,10 @@ and ``spark.task.resource.gpu.amount`` must be a whole number (the gpu preset of
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +35,7 @@ import numpy as np
 from netsift.detect.autoencoder import AutoencoderDetector
 from netsift.detect.scaling import Scaling, as_matrix
 from netsift.errors import NetsiftError, UsageError
+from netsift.platform.spark import quiet_pandas_check
 
 log = logging.getLogger("netsift.detect")
 
@@ -163,19 +162,6 @@ def gpu_setup_problem(spark, found: Sequence[Executor]) -> str:
         return (f"spark.task.resource.gpu.amount is {amount:g}; distributed training needs "
                 f"a whole number of GPUs per task (set it to 1)")
     return ""
-
-
-@contextlib.contextmanager
-def quiet_pandas_check() -> Iterator[None]:
-    """Silence pyspark's warning that pandas is newer than it knows (pandas 3).
-
-    pyspark checks the pandas version when it starts and on every ``mapInArrow`` call
-    (TorchDistributor makes one); netsift hands pyspark no pandas data.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas",
-                                category=FutureWarning)
-        yield
 
 
 def run_distributed(spark, train: Callable[..., Any], *args: Any, num_processes: int,

@@ -16,7 +16,6 @@ import os
 import shutil
 import time
 import uuid
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,14 +113,11 @@ def compute_features(source, spec: FeatureSpec = FeatureSpec(), *, engine: str =
 
         return polars_engine.collect(source, spec, device=device)
     from netsift.features import spark_engine
-    from netsift.platform.spark import get_session
+    from netsift.platform.spark import get_session, quiet_pandas_check
 
     spark = spark or get_session(master, preset=spark_preset)
     frame = spark_engine.compute(_spark_frame(spark, source, spec), spec)
-    with warnings.catch_warnings():
-        # pyspark's Arrow collection warns about pandas 3 though it does not use pandas.
-        warnings.filterwarnings("ignore", "PySpark does not yet fully support pandas",
-                                FutureWarning)
+    with quiet_pandas_check():
         arrow = frame.orderBy(WINDOW_START, NODE).toArrow()
     return _as_table(arrow, spec)
 

@@ -42,7 +42,6 @@ import math
 import os
 import re
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,6 +53,7 @@ from netsift import store
 from netsift.errors import CaptureError, NetsiftError, StorageError, UsageError
 from netsift.ingest.job import STDIN, IngestReport, InputResult, _finish, expand_inputs, plan_inputs
 from netsift.ingest.reader import DEFAULT_BATCH_ROWS, CaptureReader
+from netsift.platform.spark import quiet_pandas_check
 
 #: Split size when the session does not set ``spark.sql.files.maxPartitionBytes``.
 DEFAULT_SPLIT_BYTES = 128 * 1024 * 1024
@@ -247,10 +247,7 @@ def _run_job(spark, function, tasks: int, description: str) -> list:
 
     spark.sparkContext.setJobDescription(description)
     try:
-        with warnings.catch_warnings():
-            # pyspark warns about pandas 3 on mapInArrow though it does not use pandas.
-            warnings.filterwarnings("ignore", "PySpark does not yet fully support pandas",
-                                    FutureWarning)
+        with quiet_pandas_check():
             rows = spark.range(0, tasks, 1, tasks).mapInArrow(function, RESULT_SCHEMA) \
                 .collect()
     except (PySparkException, Py4JError) as exc:

@@ -258,11 +258,11 @@ def run_check(master: str | None = None, device: str = "auto", processes: int | 
     master = master or "local[*]"
     report = CheckReport(master=master)
     check_reachable(master, timeout)
-    from netsift.platform.spark import get_session
+    from netsift.platform.spark import get_session, quiet_pandas_check
 
     conf = _session_conf(master, device, spark_preset)
     try:
-        with distributed.quiet_pandas_check():
+        with quiet_pandas_check():
             spark = get_session(master, app_name="netsift-platform-check", conf=conf)
     except NetsiftError:
         raise

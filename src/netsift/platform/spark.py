@@ -13,6 +13,7 @@ and stops them all, with their executors, when the ``with`` block ends.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -21,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from netsift.errors import UsageError
@@ -74,7 +77,8 @@ def get_session(master: str | None = None, app_name: str = "netsift",
         settings.update(spark_conf(preset))
     settings.update(conf or {})
     if submitted:
-        session = SparkSession.builder.appName(app_name).getOrCreate()
+        with quiet_pandas_check():
+            session = SparkSession.builder.appName(app_name).getOrCreate()
         given = session.sparkContext.getConf()
         for key, value in settings.items():
             if not given.contains(key) and key.startswith("spark.sql."):
@@ -87,9 +91,23 @@ def get_session(master: str | None = None, app_name: str = "netsift",
     builder = SparkSession.builder.master(master).appName(app_name)
     for key, value in settings.items():
         builder = builder.config(key, value)
-    session = builder.getOrCreate()
+    with quiet_pandas_check():
+        session = builder.getOrCreate()
     session.sparkContext.setLogLevel("ERROR")
     return session
+
+
+@contextlib.contextmanager
+def quiet_pandas_check() -> Iterator[None]:
+    """Silence pyspark's warning that pandas is newer than it knows (pandas 3).
+
+    pyspark checks the pandas version when a session starts and again on Arrow
+    collection and ``mapInArrow``; netsift hands pyspark no pandas data.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas",
+                                category=FutureWarning)
+        yield
 
 
 class ClusterError(RuntimeError):

@@ -49,7 +49,6 @@ import sys
 import threading
 import time
 import uuid
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +58,7 @@ import pyarrow as pa
 from netsift.errors import NetsiftError, UsageError
 from netsift.features import FeatureSpec, compute_features
 from netsift.ingest.spark_ingest import CaptureTask, spark_type
+from netsift.platform.spark import quiet_pandas_check
 from netsift.schema import PACKET_SCHEMA
 from netsift.stream.checkpoint import Checkpoint, Outputs
 from netsift.stream.sources import completed_files
@@ -319,10 +319,7 @@ class SparkStreamJob:
         listing = self.spark.readStream.format("text") \
             .option("maxFilesPerTrigger", self.config.files_per_trigger) \
             .load(str(self.inbox))
-        with warnings.catch_warnings():
-            # pyspark warns about pandas 3 on mapInArrow though it does not use pandas.
-            warnings.filterwarnings("ignore", "PySpark does not yet fully support pandas",
-                                    FutureWarning)
+        with quiet_pandas_check():
             packets = listing.mapInArrow(
                 decode_captures(self.columns, self.config.batch_rows), schema)
         writer = packets.writeStream.foreachBatch(self._on_batch) \
@@ -504,9 +501,7 @@ def run_spark_stream(args) -> int:
         raise UsageError(f"{config.spool}: spool directory does not exist")
     _load_scorer(config.model, config.spec())  # refuse before a cluster starts
     failed_before = 0
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "PySpark does not yet fully support pandas",
-                                FutureWarning)
+    with quiet_pandas_check():
         spark = get_session(args.master, app_name="netsift-stream")
         job = SparkStreamJob(config, spark)
         failed_before = len(job.stats.failed_files)
