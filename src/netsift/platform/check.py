@@ -258,12 +258,11 @@ def run_check(master: str | None = None, device: str = "auto", processes: int | 
     master = master or "local[*]"
     report = CheckReport(master=master)
     check_reachable(master, timeout)
-    from netsift.platform.spark import get_session, quiet_pandas_check
+    from netsift.platform.spark import get_session
 
     conf = _session_conf(master, device, spark_preset)
     try:
-        with quiet_pandas_check():
-            spark = get_session(master, app_name="netsift-platform-check", conf=conf)
+        spark = get_session(master, app_name="netsift-platform-check", conf=conf)
     except NetsiftError:
         raise
     except Exception as exc:  # the JVM's reasons arrive as Py4J errors of many kinds
