@@ -45,7 +45,7 @@ def machine(monkeypatch):
     monkeypatch.setattr(gpu, "_said", set())
 
     def use(found: gpu.Discovery) -> None:
-        monkeypatch.setattr(gpu, "discover", lambda: found)
+        monkeypatch.setattr(gpu, "discover", lambda purpose=None: found)
     yield use
     gpu.clear_cache()
 
@@ -60,7 +60,7 @@ def _messages(caplog) -> list[str]:
 
 
 def test_cpu_never_looks_for_a_gpu(monkeypatch):
-    monkeypatch.setattr(gpu, "discover", lambda: pytest.fail("discovery ran"))
+    monkeypatch.setattr(gpu, "discover", lambda *_: pytest.fail("discovery ran"))
     assert gpu.resolve_device("cpu", "torch") == gpu.resolve_device("cpu", "polars") == "cpu"
 
 
@@ -96,6 +96,19 @@ def test_a_usable_gpu_is_chosen(machine, requested):
     machine(ONE_GPU)
     assert gpu.resolve_device(requested, "torch") == gpu.resolve_device(requested,
                                                                         "polars") == "cuda"
+
+
+def test_polars_without_cudf_polars_asks_neither_torch_nor_nvidia_smi(monkeypatch):
+    """Every feature run resolves device auto: importing torch alone took a second."""
+    gpu.clear_cache()
+    monkeypatch.setattr(gpu, "_said", set())
+    monkeypatch.setattr(gpu, "_cudf_polars_status",
+                        lambda: (None, "cudf-polars is not installed (pip install 'netsift[gpu]')"))
+    monkeypatch.setattr(gpu, "_torch_status", lambda: pytest.fail("torch was asked"))
+    monkeypatch.setattr(gpu, "nvidia_smi", lambda: pytest.fail("nvidia-smi was asked"))
+    assert gpu.resolve_device("auto", "polars") == "cpu"
+    with pytest.raises(UsageError, match=r"device gpu: cudf-polars is not installed"):
+        gpu.resolve_device("gpu", "polars")
 
 
 def test_unknown_device_is_a_usage_error():

@@ -431,6 +431,31 @@ def _read_rows(path: str, start: int, count: int, schema: pa.Schema) -> pa.Table
     return table if table.schema.equals(schema) else table.cast(schema)
 
 
+# The cuts below are numpy, not pyarrow compute: a Python value handed to pyarrow (a
+# bound, a fill value) makes it import pandas, about 0.25 s of a process's first slice.
+def _times_in(ts: pa.ChunkedArray, start: int | None, end: int, timeless: bool) -> np.ndarray:
+    """Per row, whether ``start <= ts < end`` (``start`` None: no lower bound); rows
+    without a time get ``timeless``."""
+    from netsift.features.kernel import _primitive, _valid
+
+    parts = [np.zeros(0, np.bool_)]
+    for chunk in ts.chunks:
+        values = _primitive(chunk)
+        inside = values < end
+        if start is not None:
+            inside &= values >= start
+        if chunk.null_count:
+            inside = np.where(_valid(chunk), inside, timeless)
+        parts.append(inside)
+    return np.concatenate(parts)
+
+
+def _mask(keep: np.ndarray) -> pa.BooleanArray:
+    """A numpy bool mask as an Arrow one, without pyarrow's conversion of Python data."""
+    bits = pa.py_buffer(np.packbits(keep, bitorder="little"))
+    return pa.Array.from_buffers(pa.bool_(), len(keep), [None, bits])
+
+
 def _slices(chunk: _Chunk, spec: fs.FeatureSpec) -> Iterator[pa.Table]:
     """The chunk's packets in slices of whole windows, in window order.
 
@@ -441,7 +466,6 @@ def _slices(chunk: _Chunk, spec: fs.FeatureSpec) -> Iterator[pa.Table]:
     give slices of about ``SLICE_ROWS``; out of order, slices grow (the same result,
     more memory), and files without statistics are read whole.
     """
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     width, columns = spec.window_ns, spec.input_columns()
@@ -493,10 +517,9 @@ def _slices(chunk: _Chunk, spec: fs.FeatureSpec) -> Iterator[pa.Table]:
             count += groups[j][4]
             j += 1
         table = _read_rows(path, start, count, schema)
-        if cut_range:
-            t = table.column("ts")
-            table = table.filter(pc.and_(pc.greater_equal(t, chunk.start),
-                                         pc.less(t, chunk.end)))
+        if cut_range:  # rows without a time are dropped, as a filter drops them
+            table = table.filter(_mask(_times_in(table.column("ts"), chunk.start, chunk.end,
+                                                 timeless=False)))
         held.append(table)
         rows += table.num_rows
         i = j
@@ -504,12 +527,12 @@ def _slices(chunk: _Chunk, spec: fs.FeatureSpec) -> Iterator[pa.Table]:
             continue
         table = pa.concat_tables(held)
         # Packets without a time go with the slice (the kernel drops them).
-        ready = pc.fill_null(pc.less(table.column("ts"), groups[i][0] * width), True)
-        done = pc.sum(ready).as_py() or 0
-        if pc.all(ready.slice(0, done)).as_py() is not False:
+        ready = _times_in(table.column("ts"), None, groups[i][0] * width, timeless=True)
+        done = int(np.count_nonzero(ready))
+        if ready[:done].all():
             slice_, rest = table.slice(0, done), table.slice(done)  # in order: no copy
         else:
-            slice_, rest = table.filter(ready), table.filter(pc.invert(ready))
+            slice_, rest = table.filter(_mask(ready)), table.filter(_mask(~ready))
         if slice_.num_rows:
             yield slice_
             sliced = True
@@ -552,8 +575,11 @@ def _device_engine(engine, spec: fs.FeatureSpec, device: str):
         return engine
     from netsift.platform import gpu
 
-    empty = prepare(PACKET_SCHEMA.empty_table(), spec.input_columns()).lazy()
-    return gpu.engine_for(compute(empty, spec), device, engine, empty.collect_schema())
+    def plan():
+        empty = prepare(PACKET_SCHEMA.empty_table(), spec.input_columns()).lazy()
+        return compute(empty, spec), empty.collect_schema()
+
+    return gpu.engine_for(plan, device, engine)
 
 
 def batches(source: PacketSource, spec: fs.FeatureSpec = fs.FeatureSpec(),

@@ -30,7 +30,7 @@ import logging
 import re
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from netsift.errors import UsageError
@@ -94,6 +94,9 @@ class Discovery:
         ]
 
 
+_NOT_ASKED = "not looked for (not needed)"
+
+
 @functools.cache
 def nvidia_smi() -> tuple[tuple[str, ...], str]:
     """GPU names from ``nvidia-smi``, and why none were found (or "")."""
@@ -142,11 +145,19 @@ def _cudf_polars_status() -> tuple[str | None, str]:
     return "unknown version", ""
 
 
-def discover() -> Discovery:
-    """Discover torch, nvidia-smi and cudf-polars (each once per process, then cached)."""
+def discover(purpose: str | None = None) -> Discovery:
+    """Discover torch, nvidia-smi and cudf-polars (each once per process, then cached).
+
+    ``purpose="polars"`` without cudf-polars installed asks neither nvidia-smi nor torch
+    (importing torch takes about a second of every feature run): their fields then say
+    they were not looked at.
+    """
+    cudf_polars, cudf_polars_reason = _cudf_polars_status()
+    if purpose == "polars" and cudf_polars_reason:
+        return Discovery((), _NOT_ASKED, None, None, 0, _NOT_ASKED, cudf_polars,
+                         cudf_polars_reason)
     gpus, smi_reason = nvidia_smi()
     torch_version, torch_cuda, torch_gpus, torch_reason = _torch_status()
-    cudf_polars, cudf_polars_reason = _cudf_polars_status()
     return Discovery(gpus, smi_reason, torch_version, torch_cuda, torch_gpus, torch_reason,
                      cudf_polars, cudf_polars_reason)
 
@@ -198,7 +209,7 @@ def _resolve(device: str, purpose: str) -> tuple[str, str]:
         raise ValueError(f"purpose must be one of {PURPOSES}, not {purpose!r}")
     if device == "cpu":
         return "cpu", "as requested"
-    reason = discover().reason(purpose)
+    reason = discover(purpose).reason(purpose)
     if reason and device == "gpu":
         raise UsageError(f"device gpu: {reason}; use device cpu or auto")
     return ("cpu", reason) if reason else ("cuda", "")
@@ -238,15 +249,16 @@ def polars_gpu_blockers(query, input_schema: Mapping | None = None) -> dict[str,
     return found
 
 
-def engine_for(query, device: str = "cpu", cpu_engine="streaming",
-               input_schema: Mapping | None = None):
-    """The ``LazyFrame.collect`` engine to run ``query`` with on ``device`` (auto|cpu|gpu).
+def engine_for(plan: Callable[[], tuple[object, Mapping | None]], device: str = "cpu",
+               cpu_engine="streaming"):
+    """The ``LazyFrame.collect`` engine to run a query with on ``device`` (auto|cpu|gpu).
 
+    ``plan`` returns the query and the input schema to check; it is called only once the
+    Polars purpose resolves to the GPU (building a plan costs the CPU path for nothing).
     ``cpu`` gives ``cpu_engine``. Otherwise the GPU engine (:func:`polars_engine_for`)
-    when the Polars purpose resolves to the GPU and :func:`polars_gpu_blockers` finds
-    nothing in ``query`` (and ``input_schema``); where something stands in the way,
-    ``auto`` gives ``cpu_engine`` and says why, once, and ``gpu`` raises
-    :class:`UsageError` naming the first obstacle.
+    when :func:`polars_gpu_blockers` finds nothing in the query (and its input schema);
+    where something stands in the way, ``auto`` gives ``cpu_engine`` and says why, once,
+    and ``gpu`` raises :class:`UsageError` naming the first obstacle.
     """
     requested = check_device(device)
     resolved, reason = _resolve(requested, "polars")
@@ -254,7 +266,7 @@ def engine_for(query, device: str = "cpu", cpu_engine="streaming",
         if requested == "auto":
             say_once(f"device auto: the Polars engine runs on the CPU: {reason}")
         return cpu_engine
-    blockers = polars_gpu_blockers(query, input_schema)
+    blockers = polars_gpu_blockers(*plan())
     if not blockers:
         if requested == "auto":
             say_once("device auto: the Polars engine runs on the GPU")
