@@ -102,8 +102,7 @@ def test_polars_without_cudf_polars_asks_neither_torch_nor_nvidia_smi(monkeypatc
     """Every feature run resolves device auto: importing torch alone took a second."""
     gpu.clear_cache()
     monkeypatch.setattr(gpu, "_said", set())
-    monkeypatch.setattr(gpu, "_cudf_polars_status",
-                        lambda: (None, "cudf-polars is not installed (pip install 'netsift[gpu]')"))
+    monkeypatch.setattr(gpu, "_cudf_polars_status", lambda: (None, NO_GPU.cudf_polars_reason))
     monkeypatch.setattr(gpu, "_torch_status", lambda: pytest.fail("torch was asked"))
     monkeypatch.setattr(gpu, "nvidia_smi", lambda: pytest.fail("nvidia-smi was asked"))
     assert gpu.resolve_device("auto", "polars") == "cpu"

@@ -94,9 +94,6 @@ class Discovery:
         ]
 
 
-_NOT_ASKED = "not looked for (not needed)"
-
-
 @functools.cache
 def nvidia_smi() -> tuple[tuple[str, ...], str]:
     """GPU names from ``nvidia-smi``, and why none were found (or "")."""
@@ -143,6 +140,9 @@ def _cudf_polars_status() -> tuple[str | None, str]:
         if name.startswith("cudf-polars") or name.startswith("cudf_polars"):
             return dist.version, ""
     return "unknown version", ""
+
+
+_NOT_ASKED = "not looked for (not needed)"
 
 
 def discover(purpose: str | None = None) -> Discovery:
