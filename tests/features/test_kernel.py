@@ -142,3 +142,35 @@ def test_threads_featurise_at_once(paths_table):
         for _ in range(3):
             together = list(pool.map(lambda p: kernel.evaluate(p, spec), parts))
             assert all(a.equals(b) for a, b in zip(alone, together, strict=True))
+
+
+def test_one_compiled_variant_whether_columns_are_views_or_copies(paths_table, tmp_path):
+    """One-chunk columns reach the kernels as views (of read-only memory when Polars
+    decoded them, of writable memory when pyarrow made them), chunked ones as copies:
+    all as read-only arrays, so numba compiles (and a process loads from its cache) one
+    variant of each kernel, not one per writability."""
+    import pyarrow.parquet as pq
+    from numba.core import types
+    from numba.core.registry import CPUDispatcher
+
+    spec = nf.FeatureSpec()
+    pq.write_table(paths_table, tmp_path / "packets.parquet")
+    decoded = pe._read_rows(str(tmp_path / "packets.parquet"), 0, paths_table.num_rows,
+                            paths_table.schema)
+    assert not np.frombuffer(decoded.column("ts").chunk(0).buffers()[1], np.int64) \
+        .flags.writeable
+    chunked = pa.concat_tables([paths_table.slice(0, 6000), paths_table.slice(6000)])
+    assert chunked.column("ts").num_chunks == 2
+    want = kernel.evaluate(paths_table, spec)
+    assert kernel.evaluate(decoded, spec).equals(want)
+    assert kernel.evaluate(chunked, spec).equals(want)
+
+    def writable(signature):
+        return tuple(t.copy(readonly=False) if isinstance(t, types.Array) else t
+                     for t in signature)
+
+    for name in ("_window_ids", "_group", "_narrow_aggregates", "_v4_keys", "_keys"):
+        dispatcher = getattr(kernel, name)
+        assert isinstance(dispatcher, CPUDispatcher) and dispatcher.signatures
+        assert len({writable(s) for s in dispatcher.signatures}) == \
+            len(dispatcher.signatures), name
