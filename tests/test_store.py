@@ -163,3 +163,22 @@ def test_killed_ingest_then_rerun_gives_every_packet_once(tmp_path):
     table = store.read_dataset(out)
     keys = pl.from_arrow(table.select(["source", "record"]))
     assert keys.unique().height == keys.height
+
+
+def test_ingesting_a_capture_does_not_import_pandas(tmp_path, two_hour_capture):
+    """pyarrow imports pandas the first time it converts a Python or numpy object (0.15-0.3
+    s of each ingest process); from capture to hour partitions nothing hands it one. The
+    capture spans two hours, so batches are split by hour."""
+    script = f"""
+import sys
+from netsift.ingest.job import ingest
+report = ingest([{str(two_hour_capture)!r}], {str(tmp_path / "ds")!r}, jobs=1)
+print(report.packets, "pandas" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    packets, imported = done.stdout.split()
+    assert int(packets) == netsift.read_table(two_hour_capture).num_rows
+    assert len({Path(f).parent.name for f in store.dataset_files(tmp_path / "ds")}) == 2
+    assert imported == "False"

@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from netsift import arrays
 from netsift.errors import StorageError
 from netsift.schema import PACKET_COLUMNS
 
@@ -62,20 +62,24 @@ def partition_path(hour: int | None) -> str:
 
 
 def _split_by_hour(batch: pa.RecordBatch) -> Iterator[tuple[int | None, pa.RecordBatch]]:
+    """The batch's rows by hour since the epoch (floor: an hour file holds [h, h + 1)
+    hours), rows without a time last, under None."""
     ts = batch.column("ts")
     if ts.null_count == len(ts):
         yield None, batch
         return
-    hours = pc.divide(ts, HOUR_NS)  # integer division on int64
-    lo, hi = pc.min_max(hours).values()
-    if lo == hi and ts.null_count == 0:
-        yield lo.as_py(), batch
+    hours = arrays.values(ts) // HOUR_NS
+    valid = arrays.valid(ts)
+    present = hours if valid is None else hours[valid]
+    first, last = int(present.min()), int(present.max())
+    if first == last and valid is None:
+        yield first, batch
         return
-    values = hours.to_numpy(zero_copy_only=False)
-    for hour in np.unique(values[~np.isnan(values)] if values.dtype.kind == "f" else values):
-        yield int(hour), batch.filter(pc.equal(hours, pa.scalar(int(hour), pa.int64())))
-    if ts.null_count:
-        yield None, batch.filter(pc.is_null(ts))
+    for hour in np.unique(present):
+        keep = hours == hour
+        yield int(hour), batch.filter(arrays.boolean(keep if valid is None else keep & valid))
+    if valid is not None:
+        yield None, batch.filter(arrays.boolean(~valid))
 
 
 def _fsync_file(path: Path) -> None:

@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from netsift import arrays
 from netsift.features import spec as fs
 from netsift.schema import PACKET_SCHEMA
 
@@ -757,12 +758,12 @@ def _values(column, name: str, dtype=None) -> np.ndarray:
     ``name``."""
     chunks = _chunks(column)
     dtype = np.dtype(dtype or column.type.to_pandas_dtype())
-    if len(chunks) == 1 and (view := _primitive(chunks[0])).dtype == dtype:
+    if len(chunks) == 1 and (view := arrays.values(chunks[0])).dtype == dtype:
         return _read_only(view)
     out = _workspace.array(name, len(column), dtype)
     start = 0
     for array in chunks:
-        out[start:start + len(array)] = _primitive(array)
+        out[start:start + len(array)] = arrays.values(array)
         start += len(array)
     return _read_only(out)
 
@@ -803,13 +804,6 @@ def _valid(array: pa.Array) -> np.ndarray:
     if array.null_count == 0:
         return np.ones(len(array), np.bool_)
     return np.asarray(array.is_valid().to_numpy(zero_copy_only=False), np.bool_)
-
-
-def _primitive(array: pa.Array) -> np.ndarray:
-    """The values buffer of a primitive array as numpy (values under nulls: arbitrary)."""
-    dtype = np.dtype(array.type.to_pandas_dtype())
-    return np.frombuffer(array.buffers()[1], dtype, count=array.offset + len(array))[
-        array.offset:]
 
 
 def _words(array: pa.Array) -> np.ndarray:

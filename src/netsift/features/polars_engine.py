@@ -25,6 +25,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from netsift import arrays
 from netsift.errors import StorageError, UsageError
 from netsift.features import spec as fs
 from netsift.schema import PACKET_SCHEMA
@@ -432,15 +433,15 @@ def _read_rows(path: str, start: int, count: int, schema: pa.Schema) -> pa.Table
 
 
 # The cuts below are numpy, not pyarrow compute: a Python value handed to pyarrow (a
-# bound, a fill value) makes it import pandas, about 0.25 s of a process's first slice.
+# bound, a fill value) makes it import pandas (netsift.arrays).
 def _times_in(ts: pa.ChunkedArray, start: int | None, end: int, timeless: bool) -> np.ndarray:
     """Per row, whether ``start <= ts < end`` (``start`` None: no lower bound); rows
     without a time get ``timeless``."""
-    from netsift.features.kernel import _primitive, _valid
+    from netsift.features.kernel import _valid
 
     parts = [np.zeros(0, np.bool_)]
     for chunk in ts.chunks:
-        values = _primitive(chunk)
+        values = arrays.values(chunk)
         inside = values < end
         if start is not None:
             inside &= values >= start
@@ -448,12 +449,6 @@ def _times_in(ts: pa.ChunkedArray, start: int | None, end: int, timeless: bool) 
             inside = np.where(_valid(chunk), inside, timeless)
         parts.append(inside)
     return np.concatenate(parts)
-
-
-def _mask(keep: np.ndarray) -> pa.BooleanArray:
-    """A numpy bool mask as an Arrow one, without pyarrow's conversion of Python data."""
-    bits = pa.py_buffer(np.packbits(keep, bitorder="little"))
-    return pa.Array.from_buffers(pa.bool_(), len(keep), [None, bits])
 
 
 def _slices(chunk: _Chunk, spec: fs.FeatureSpec) -> Iterator[pa.Table]:
@@ -518,8 +513,8 @@ def _slices(chunk: _Chunk, spec: fs.FeatureSpec) -> Iterator[pa.Table]:
             j += 1
         table = _read_rows(path, start, count, schema)
         if cut_range:  # rows without a time are dropped, as a filter drops them
-            table = table.filter(_mask(_times_in(table.column("ts"), chunk.start, chunk.end,
-                                                 timeless=False)))
+            inside = _times_in(table.column("ts"), chunk.start, chunk.end, timeless=False)
+            table = table.filter(arrays.boolean(inside))
         held.append(table)
         rows += table.num_rows
         i = j
@@ -532,7 +527,7 @@ def _slices(chunk: _Chunk, spec: fs.FeatureSpec) -> Iterator[pa.Table]:
         if ready[:done].all():
             slice_, rest = table.slice(0, done), table.slice(done)  # in order: no copy
         else:
-            slice_, rest = table.filter(_mask(ready)), table.filter(_mask(~ready))
+            slice_, rest = table.filter(arrays.boolean(ready)), table.filter(arrays.boolean(~ready))
         if slice_.num_rows:
             yield slice_
             sliced = True

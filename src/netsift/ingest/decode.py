@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 from numba import njit
 
+from netsift import arrays
 from netsift.schema import ADDRESS_BYTES, PACKET_SCHEMA
 
 # Link-layer header types (tcpdump.org/linktypes.html).
@@ -128,7 +129,7 @@ class Columns:
             name = field.name
             if name == "source":
                 columns.append(pa.DictionaryArray.from_arrays(
-                    pa.array(np.zeros(n, dtype=np.int32)), pa.array([source])))
+                    arrays.numeric(np.zeros(n, dtype=np.int32)), arrays.strings([source])))
                 continue
             mask = masks.get(COLUMN_GROUP.get(name, 0))
             data = by_name[name]

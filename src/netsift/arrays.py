@@ -1,0 +1,56 @@
+"""Arrow arrays from numpy and Python values and back, over their buffers.
+
+pyarrow imports pandas the first time it converts a Python or numpy object
+(``pa.array``, ``pa.scalar``, a Python number given to a compute function, ``to_numpy``
+of an array with nulls): 0.15-0.3 s of a process, holding the interpreter, and more
+objects for every later full garbage collection. The ingest and feature paths convert
+here instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+
+def numeric(values: np.ndarray) -> pa.Array:
+    """A primitive array (no nulls) over a numpy array's memory (copied if strided)."""
+    values = np.ascontiguousarray(values)
+    return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values),
+                                 [None, pa.py_buffer(values)])
+
+
+def boolean(values: np.ndarray) -> pa.BooleanArray:
+    """A boolean array (no nulls) from a numpy bool array."""
+    return pa.Array.from_buffers(pa.bool_(), len(values), [None, _bits(values)])
+
+
+def strings(values: Sequence[str]) -> pa.StringArray:
+    """A string array (no nulls) of Python strings."""
+    data = [v.encode() for v in values]
+    offsets = np.zeros(len(data) + 1, np.int32)
+    np.cumsum([len(d) for d in data], out=offsets[1:])
+    return pa.StringArray.from_buffers(len(data), pa.py_buffer(offsets),
+                                       pa.py_buffer(b"".join(data)))
+
+
+def values(array: pa.Array) -> np.ndarray:
+    """A primitive array's values as a numpy view (under nulls: arbitrary)."""
+    dtype = np.dtype(array.type.to_pandas_dtype())
+    return np.frombuffer(array.buffers()[1], dtype, count=array.offset + len(array))[
+        array.offset:]
+
+
+def valid(array: pa.Array) -> np.ndarray | None:
+    """Per row, whether it is set (None: no nulls)."""
+    if array.null_count == 0:
+        return None
+    first, n = array.offset, len(array)
+    bits = np.frombuffer(array.buffers()[0], np.uint8)[first // 8:(first + n + 7) // 8]
+    return np.unpackbits(bits, bitorder="little")[first % 8:first % 8 + n].astype(bool)
+
+
+def _bits(values: np.ndarray) -> pa.Buffer:
+    return pa.py_buffer(np.packbits(values, bitorder="little"))
