@@ -36,8 +36,20 @@ def strings(values: Sequence[str]) -> pa.StringArray:
                                        pa.py_buffer(b"".join(data)))
 
 
-def values(array: pa.Array) -> np.ndarray:
-    """A primitive array's values as a numpy view (under nulls: arbitrary)."""
+def empty(schema: pa.Schema) -> pa.Table:
+    """A table of ``schema`` with no rows (``schema.empty_table()`` converts)."""
+    return pa.Table.from_arrays([pa.nulls(0, f.type) for f in schema], schema=schema)
+
+
+def values(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A primitive array's values as numpy (under nulls: arbitrary): a view of one chunk,
+    a copy of several."""
+    if isinstance(array, pa.ChunkedArray):
+        if array.num_chunks == 1:
+            return values(array.chunk(0))
+        parts = [values(chunk) for chunk in array.chunks]
+        return np.concatenate(parts) if parts else \
+            np.zeros(0, np.dtype(array.type.to_pandas_dtype()))
     dtype = np.dtype(array.type.to_pandas_dtype())
     return np.frombuffer(array.buffers()[1], dtype, count=array.offset + len(array))[
         array.offset:]

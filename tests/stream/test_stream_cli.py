@@ -259,3 +259,24 @@ def test_spool_names_reused_by_a_ring_buffer_are_new_files(tmp_path):
     os.utime(ring[0], ns=(10**18 + 5, 10**18 + 5))  # the ring came round: rewritten
     assert completed_files(spool, done, settle=3600, drain=True, prune=True) == [ring[0]]
     assert "gone.pcap" not in done
+
+
+def test_streaming_a_spool_does_not_import_pandas(tmp_path):
+    """pyarrow imports pandas the first time it converts a Python or numpy object; the
+    stream from spool files to feature parts (late packets cut, batches split across
+    windows) hands it none. A model's scikit-learn imports it on its own."""
+    capture = tmp_path / "lan.pcap"
+    capture.write_bytes(gzip.decompress((SAMPLES / "lan.pcap.gz").read_bytes()))
+    files = split_capture(capture, tmp_path / "spool", 500)
+    newest = files[-1].stat().st_mtime + 1
+    os.utime(files[0], (newest, newest))  # late: cut from the stream
+    script = ("import atexit, sys; atexit.register(lambda: print('pandas' in sys.modules, "
+              "file=sys.stderr)); from netsift.cli import main; sys.exit(main(sys.argv[1:]))")
+    done = subprocess.run(
+        [sys.executable, "-c", script, "stream", "--spool", str(tmp_path / "spool"),
+         "--window", "2s", "--lateness", "1s", "--drain", "--out", str(tmp_path / "O")],
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["late_packets"] > 0
+    assert parts(tmp_path / "O", "features").height > 0
+    assert done.stderr.splitlines()[-1] == "False"

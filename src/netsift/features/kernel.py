@@ -889,7 +889,7 @@ def evaluate(packets: pa.Table, spec: fs.FeatureSpec) -> pa.Table:
     program = compile_spec(spec)
     n = packets.num_rows
     if n == 0:
-        return spec.schema().empty_table()
+        return arrays.empty(spec.schema())
     ts = _values(packets.column("ts"), "ts")
     width = spec.window_ns
     first_window = int(ts.min()) // width

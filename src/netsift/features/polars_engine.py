@@ -571,7 +571,7 @@ def _device_engine(engine, spec: fs.FeatureSpec, device: str):
     from netsift.platform import gpu
 
     def plan():
-        empty = prepare(PACKET_SCHEMA.empty_table(), spec.input_columns()).lazy()
+        empty = prepare(arrays.empty(PACKET_SCHEMA), spec.input_columns()).lazy()
         return compute(empty, spec), empty.collect_schema()
 
     return gpu.engine_for(plan, device, engine)
@@ -599,7 +599,7 @@ def batches(source: PacketSource, spec: fs.FeatureSpec = fs.FeatureSpec(),
                               pl.col("ts").max().alias("last")).collect()
         first, last = bounds.row(0)
         if first is None:
-            yield spec.schema().empty_table()
+            yield arrays.empty(spec.schema())
             return
         first_window, windows = first // spec.window_ns, last // spec.window_ns \
             - first // spec.window_ns + 1
@@ -623,4 +623,4 @@ def collect(source: PacketSource, spec: fs.FeatureSpec = fs.FeatureSpec(),
             engine=KERNEL, device: str = "cpu") -> pa.Table:
     """The whole feature table as one Arrow table (``device``: see :func:`batches`)."""
     parts = list(batches(source, spec, engine, device))
-    return pa.concat_tables(parts) if parts else spec.schema().empty_table()
+    return pa.concat_tables(parts) if parts else arrays.empty(spec.schema())

@@ -26,6 +26,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from netsift import arrays
+
 # A slice holding under 1/COMPACT_RATIO of the buffers it keeps alive (a small batch cut
 # from a reader's full-size batch arrays) is copied, so memory follows packets held.
 COMPACT_RATIO = 4
@@ -42,7 +44,7 @@ def shard_of(keys: pa.ChunkedArray | pa.Array, shards: int) -> np.ndarray:
     mixed = (words[1::2] ^ words[0::2]) * np.uint64(0x9E3779B97F4A7C15)
     shard = ((mixed >> np.uint64(40)) % np.uint64(shards)).astype(np.int64)
     if array.null_count:
-        shard[~np.asarray(array.is_valid())] = 0
+        shard[~arrays.valid(array)] = 0
     return shard
 
 
@@ -111,13 +113,13 @@ class WindowBuffer:
             return None
         lo, hi = (s.as_py() for s in pc.min_max(ts).values())
         if self.closed_until is not None and lo < self.closed_until:
-            on_time = pc.greater_equal(ts, self.closed_until)
-            kept = pc.sum(on_time).as_py() or 0
+            on_time = arrays.values(ts) >= self.closed_until
+            kept = int(np.count_nonzero(on_time))
             if not replay:
                 self.late += table.num_rows - kept
             if kept == 0:
                 return None
-            table = table.filter(on_time)
+            table = table.filter(arrays.boolean(on_time))
             ts = table.column("ts")
             lo = pc.min(ts).as_py()
         if not replay:
@@ -131,9 +133,9 @@ class WindowBuffer:
         if first == last:
             self._append(first, table)
             return
-        index = np.floor_divide(ts.to_numpy(), self.width_ns)
+        index = np.floor_divide(arrays.values(ts), self.width_ns)
         order = np.argsort(index, kind="stable")  # arrival order kept within a window
-        ordered = table.take(pa.array(order))
+        ordered = table.take(arrays.numeric(order))
         bounds = np.searchsorted(index[order], np.arange(first, last + 2))
         for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
             if b > a:
@@ -148,12 +150,12 @@ class WindowBuffer:
         if self.shards == 1:
             size = table.get_total_buffer_size()
             if size > COMPACT_MIN_BYTES and size > COMPACT_RATIO * table.nbytes:
-                table = table.take(pa.array(np.arange(table.num_rows)))
+                table = table.take(arrays.numeric(np.arange(table.num_rows)))
             held.slots[0].append(table)
             return
         shard = shard_of(table.column(self.shard_key), self.shards)
         for i in range(self.shards):
-            part = table.filter(pa.array(shard == i))  # a copy: nothing else kept alive
+            part = table.filter(arrays.boolean(shard == i))  # a copy: nothing else kept alive
             if part.num_rows:
                 held.slots[i].append(part)
 
