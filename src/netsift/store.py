@@ -62,8 +62,8 @@ def partition_path(hour: int | None) -> str:
 
 
 def _split_by_hour(batch: pa.RecordBatch) -> Iterator[tuple[int | None, pa.RecordBatch]]:
-    """The batch's rows by hour since the epoch (floor: an hour file holds [h, h + 1)
-    hours), rows without a time last, under None."""
+    """The batch's rows by hour since the epoch (floor division: hour h's file holds the
+    times in [h, h + 1) hours), then rows without a time, under None."""
     ts = batch.column("ts")
     if ts.null_count == len(ts):
         yield None, batch
