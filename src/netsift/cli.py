@@ -161,7 +161,8 @@ def cmd_features(args: argparse.Namespace) -> int:
     spec = FeatureSpec(window_ns=args.window, node=args.node,
                        validated_only=args.validated_only)
     run = write_features(args.packets, args.out, spec, engine=args.engine, master=args.master,
-                         device=args.device, spark_preset=args.spark_preset)
+                         device=args.device, spark_preset=args.spark_preset,
+                         compression=args.compression)
     if not args.quiet:
         rate = run.packets / run.seconds if run.seconds else 0.0
         print(f"{run.rows:,} node-windows from {run.packets:,} packets in {run.seconds:.1f} s "
@@ -377,6 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     _feature_options(p)
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
                    help="Polars engine on the CPU or the GPU (cudf-polars; docs/gpu.md)")
+    p.add_argument("--compression", choices=("zstd", "snappy", "gzip", "none"), default="zstd",
+                   help="Parquet codec of the table (default zstd; none: fastest, "
+                        "about 1.8x the bytes)")
     p.add_argument("--quiet", "-q", action="store_true", help="no summary")
     p.set_defaults(func=cmd_features)
 

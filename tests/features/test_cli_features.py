@@ -7,11 +7,13 @@ import shutil
 import subprocess
 import sys
 
+import pyarrow.parquet as pq
 import pytest
 from feature_reference import assert_same
 
 import netsift.features as nf
 from netsift.cli import main
+from netsift.errors import UsageError
 
 
 def netsift(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -54,6 +56,7 @@ def test_rerun_replaces_the_table(lan_dataset, tmp_path):
     (["--node", "both"], 2, "invalid choice: 'both'"),
     (["--engine", "duckdb"], 2, "invalid choice: 'duckdb'"),
     (["--master", "local[1]"], 1, "netsift: error: --master needs --engine spark"),
+    (["--compression", "lz4"], 2, "invalid choice: 'lz4'"),
 ])
 def test_bad_options(lan_dataset, tmp_path, args, status, message):
     proc = netsift("features", str(lan_dataset), "--out", str(tmp_path / "f"), *args)
@@ -108,9 +111,12 @@ def test_spark_engine_on_the_cluster_from_the_command_line(lan_dataset, tmp_path
     # (a second driver JVM would double the time of this test).
     out = tmp_path / "features"
     status = main(["features", str(lan_dataset), "--out", str(out), "--engine", "spark",
-                   "--master", spark_cluster.master_url, "--validated-only"])
+                   "--master", spark_cluster.master_url, "--validated-only",
+                   "--compression", "none"])
     assert status == 0
     assert "node-windows from 108 packets" in capsys.readouterr().out
+    metadata = pq.ParquetFile(next(out.glob("part-*.parquet"))).metadata
+    assert metadata.row_group(0).column(0).compression == "UNCOMPRESSED"
     spec = nf.FeatureSpec(validated_only=True)
     assert json.loads((out / "_spec.json").read_text()) == spec.to_json()
     assert_same(nf.read_features(out), nf.compute_features(lan_dataset, spec).to_pylist())
@@ -127,3 +133,19 @@ def test_spark_reads_the_embedded_engines_table(lan_dataset, tmp_path, spark):
     assert [bytes(r["node"]) for r in rows] == written.column("node").to_pylist()
     for name in ("packets", "length_mean", "length_std", "dport_mode"):
         assert [r[name] for r in rows] == written.column(name).to_pylist(), name
+
+
+@pytest.mark.parametrize("codec", ["none", "gzip"])
+def test_compression_option_writes_the_same_rows_with_that_codec(lan_dataset, tmp_path,
+                                                                 codec):
+    assert main(["features", str(lan_dataset), "--out", str(tmp_path / "z"), "-q"]) == 0
+    out = tmp_path / codec
+    assert main(["features", str(lan_dataset), "--out", str(out), "--compression", codec,
+                 "-q"]) == 0
+    metadata = pq.ParquetFile(next(out.glob("part-*.parquet"))).metadata
+    codecs = {metadata.row_group(0).column(i).compression
+              for i in range(metadata.num_columns)}
+    assert codecs == {"UNCOMPRESSED" if codec == "none" else codec.upper()}
+    assert nf.read_features(out).equals(nf.read_features(tmp_path / "z"))
+    with pytest.raises(UsageError, match="unknown compression 'lz5'"):
+        nf.write_features(lan_dataset, tmp_path / "bad", compression="lz5")

@@ -39,6 +39,9 @@ from netsift.features.spec import (
 )
 
 ENGINES = ("polars", "spark")
+#: Parquet codecs of feature tables, both engines; zstd (level 1 from the Polars engine)
+#: is the default; "none" writes fastest, 1.8x the bytes (docs/benchmarks.md).
+COMPRESSIONS = ("zstd", "snappy", "gzip", "none")
 SPEC_FILE = "_spec.json"
 # Statistics (min/max) are kept for the keys only: readers prune by window and node, and
 # statistics on every feature cost about a sixth of the encoding time.
@@ -52,7 +55,7 @@ _NODE_ENCODING = "DELTA_BYTE_ARRAY"
 _SPLIT_AGGS = ("mean", "std")
 
 __all__ = [
-    "ENGINES", "KEY_COLUMNS", "NAGM_FEATURES", "NODE", "WINDOW_START", "Feature",
+    "COMPRESSIONS", "ENGINES", "KEY_COLUMNS", "NAGM_FEATURES", "NODE", "WINDOW_START", "Feature",
     "FeatureRun", "FeatureSpec", "Flags", "IsIn", "compute_features", "parse_duration",
     "read_features", "write_features",
 ]
@@ -125,13 +128,17 @@ def compute_features(source, spec: FeatureSpec = FeatureSpec(), *, engine: str =
 _ROWS_PER_FILE = 1 << 20
 
 
-def _write_parts(part: pa.Table, directory: Path, index: int, spec: FeatureSpec) -> None:
+def _write_parts(part: pa.Table, directory: Path, index: int, spec: FeatureSpec,
+                 compression: str = "zstd") -> None:
     """``part`` as ``part-INDEX-J.parquet`` files of up to 1 Mi rows, written in parallel
     (Parquet encoding is single-threaded per file; names sort in row order)."""
     encodings = {NODE: _NODE_ENCODING} | {f.name: "BYTE_STREAM_SPLIT" for f in spec.features
                                          if f.agg in _SPLIT_AGGS}
     options = {**PARQUET_OPTIONS, "column_encoding": encodings,
                "use_dictionary": [n for n in part.column_names if n not in encodings]}
+    if compression != PARQUET_OPTIONS["compression"]:
+        options = {k: v for k, v in options.items() if k != "compression_level"} \
+            | {"compression": compression}
     pieces = [part.slice(start, _ROWS_PER_FILE)
               for start in range(0, max(1, part.num_rows), _ROWS_PER_FILE)]
     paths = [directory / f"part-{index:05d}-{j:04d}.parquet" for j in range(len(pieces))]
@@ -160,16 +167,20 @@ def _swap_in(tmp: Path, out: Path) -> None:
 
 def write_features(source, out: str | os.PathLike, spec: FeatureSpec = FeatureSpec(), *,
                    engine: str = "polars", master: str | None = None,
-                   spark=None, device: str = "cpu",
-                   spark_preset: str | None = None) -> FeatureRun:
+                   spark=None, device: str = "cpu", spark_preset: str | None = None,
+                   compression: str = "zstd") -> FeatureRun:
     """Compute features and write them as a Parquet table directory ``out``.
 
-    ``out`` holds ``part-*.parquet`` (zstd) and ``_spec.json`` (window, node, filter,
-    feature definitions). It is written beside ``out`` and renamed into place when
-    complete, replacing an earlier feature table there. With Spark on a cluster, ``out``
+    ``out`` holds ``part-*.parquet`` (``compression``: one of :data:`COMPRESSIONS`) and
+    ``_spec.json`` (window, node, filter, feature definitions). It is written beside
+    ``out`` and renamed into place when complete, replacing an earlier feature table
+    there. With Spark on a cluster, ``out``
     must be on a filesystem the driver and every executor share.
     """
     _check_engine(engine)
+    if compression not in COMPRESSIONS:
+        raise UsageError(f"unknown compression {compression!r}: use one of "
+                         f"{', '.join(COMPRESSIONS)}")
     out = Path(out).absolute()
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
     started = time.perf_counter()
@@ -186,7 +197,7 @@ def write_features(source, out: str | os.PathLike, spec: FeatureSpec = FeatureSp
                 for i, part in enumerate(polars_engine.batches(source, spec, device=device)):
                     if pending is not None:
                         pending.result()
-                    pending = writer.submit(_write_parts, part, tmp, i, spec)
+                    pending = writer.submit(_write_parts, part, tmp, i, spec, compression)
                     rows += part.num_rows
                     if "packets" in part.column_names:
                         packets += pc.sum(part.column("packets")).as_py() or 0
@@ -198,7 +209,7 @@ def write_features(source, out: str | os.PathLike, spec: FeatureSpec = FeatureSp
 
             spark = spark or get_session(master, preset=spark_preset)
             frame = spark_engine.compute(_spark_frame(spark, source, spec), spec)
-            frame.orderBy(WINDOW_START, NODE).write.option("compression", "zstd") \
+            frame.orderBy(WINDOW_START, NODE).write.option("compression", compression) \
                 .parquet(str(tmp))
             written = read_features(tmp)
             rows = written.num_rows
