@@ -800,12 +800,6 @@ def _validity(column, name: str) -> np.ndarray | None:
     return out
 
 
-def _valid(array: pa.Array) -> np.ndarray:
-    if array.null_count == 0:
-        return np.ones(len(array), np.bool_)
-    return np.asarray(array.is_valid().to_numpy(zero_copy_only=False), np.bool_)
-
-
 def _words(array: pa.Array) -> np.ndarray:
     """A 16-byte address column as 2 big-endian uint64 words a row, without copying where
     the values are one aligned block (values under nulls: arbitrary)."""

@@ -56,15 +56,15 @@ def lo(column: str) -> str:
 def prepare(table: pa.Table, columns: Sequence[str] | None = None) -> pl.DataFrame:
     """Packets as the query reads them: ``columns`` (default all) with every address
     column replaced by its ``_hi`` / ``_lo`` uint64 halves (null where the address is)."""
-    from netsift.features.kernel import _array, _halves, _valid
+    from netsift.features.kernel import _array, _halves
 
     columns = list(columns or table.column_names)
     out = {}
     for name in columns:
         if name in ADDRESS_COLUMNS:
             array = _array(table.column(name))
-            valid = _valid(array)
-            mask = None if valid.all() else ~valid
+            valid = arrays.valid(array)
+            mask = None if valid is None else ~valid
             high, low = _halves(array)
             out[hi(name)] = pa.array(high, pa.uint64(), mask=mask)
             out[lo(name)] = pa.array(low, pa.uint64(), mask=mask)
@@ -437,8 +437,6 @@ def _read_rows(path: str, start: int, count: int, schema: pa.Schema) -> pa.Table
 def _times_in(ts: pa.ChunkedArray, start: int | None, end: int, timeless: bool) -> np.ndarray:
     """Per row, whether ``start <= ts < end`` (``start`` None: no lower bound); rows
     without a time get ``timeless``."""
-    from netsift.features.kernel import _valid
-
     parts = [np.zeros(0, np.bool_)]
     for chunk in ts.chunks:
         values = arrays.values(chunk)
@@ -446,7 +444,7 @@ def _times_in(ts: pa.ChunkedArray, start: int | None, end: int, timeless: bool) 
         if start is not None:
             inside &= values >= start
         if chunk.null_count:
-            inside = np.where(_valid(chunk), inside, timeless)
+            inside = np.where(arrays.valid(chunk), inside, timeless)
         parts.append(inside)
     return np.concatenate(parts)
 
