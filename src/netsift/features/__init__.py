@@ -174,8 +174,8 @@ def write_features(source, out: str | os.PathLike, spec: FeatureSpec = FeatureSp
     ``out`` holds ``part-*.parquet`` (``compression``: one of :data:`COMPRESSIONS`) and
     ``_spec.json`` (window, node, filter, feature definitions). It is written beside
     ``out`` and renamed into place when complete, replacing an earlier feature table
-    there. With Spark on a cluster, ``out``
-    must be on a filesystem the driver and every executor share.
+    there. With Spark on a cluster, ``out`` must be on a filesystem the driver and every
+    executor share.
     """
     _check_engine(engine)
     if compression not in COMPRESSIONS:
