@@ -33,3 +33,10 @@ def test_arrays_built_over_buffers_equal_pyarrows():
     assert arrays.strings(["", "capture.pcap", "é"]).equals(pa.array(["", "capture.pcap", "é"]))
     schema = pa.schema([pa.field("node", pa.binary(16), nullable=False), ("n", pa.int64())])
     assert arrays.empty(schema).equals(schema.empty_table())
+
+
+def test_numeric_arrays_with_nulls_equal_pyarrows():
+    values = np.arange(11, dtype=np.uint64)
+    valid = np.array([True, False] * 5 + [True])
+    assert arrays.numeric(values, valid).equals(pa.array(values, mask=~valid))
+    assert arrays.numeric(values, np.ones(11, np.bool_)).null_count == 0

@@ -15,11 +15,13 @@ import numpy as np
 import pyarrow as pa
 
 
-def numeric(values: np.ndarray) -> pa.Array:
-    """A primitive array (no nulls) over a numpy array's memory (copied if strided)."""
+def numeric(values: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
+    """A primitive array over a numpy array's memory (copied if strided); null where
+    ``valid`` (bool per row, if given) is false."""
     values = np.ascontiguousarray(values)
+    bitmap = None if valid is None or valid.all() else _bits(valid)
     return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values),
-                                 [None, pa.py_buffer(values)])
+                                 [bitmap, pa.py_buffer(values)])
 
 
 def boolean(values: np.ndarray) -> pa.BooleanArray:

@@ -205,3 +205,22 @@ print(run.packets, len(run.files), "pandas" in sys.modules)
     assert int(packets) == table.num_rows - table.column("ts").null_count
     assert int(files) > 2  # several slices, so several cuts
     assert imported == "False"
+
+
+def test_validated_only_features_do_not_import_pandas(tmp_path, lan_dataset):
+    """``--validated-only`` runs its handshake query on addresses split into halves;
+    those are built over numpy buffers too (a real capture: handshakes complete)."""
+    script = f"""
+import sys
+import netsift.features as nf
+run = nf.write_features({str(lan_dataset)!r}, {str(tmp_path / "features")!r},
+                        nf.FeatureSpec(validated_only=True))
+print(run.rows, "pandas" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows, imported = done.stdout.split()
+    expected = pe.collect(lan_dataset, nf.FeatureSpec(validated_only=True)).num_rows
+    assert int(rows) == expected > 0
+    assert imported == "False"

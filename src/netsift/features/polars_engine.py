@@ -64,10 +64,9 @@ def prepare(table: pa.Table, columns: Sequence[str] | None = None) -> pl.DataFra
         if name in ADDRESS_COLUMNS:
             array = _array(table.column(name))
             valid = arrays.valid(array)
-            mask = None if valid is None else ~valid
             high, low = _halves(array)
-            out[hi(name)] = pa.array(high, pa.uint64(), mask=mask)
-            out[lo(name)] = pa.array(low, pa.uint64(), mask=mask)
+            out[hi(name)] = arrays.numeric(high, valid)
+            out[lo(name)] = arrays.numeric(low, valid)
         else:
             out[name] = table.column(name)
     return pl.from_arrow(pa.table(out))
