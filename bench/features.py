@@ -8,9 +8,11 @@
 The dataset is written once per size with netsift's own packet store (the layout
 ``netsift ingest`` produces) under ``bench/data/`` and reused. Traffic is synthetic but
 shaped like an edge link: 50 000 sources with Zipf-distributed activity, 5 000 servers,
-TCP/UDP/ICMP mix, handshakes, scans, realistic lengths, TTLs and windows. Each 1x of data
-covers one hour at the same packet rate, so 2x and 4x add hours (more windows), the way
-real archives grow.
+TCP/UDP/ICMP mix, a TCP flag mix (SYN, SYN-ACK, ACK, FIN, RST), scans, realistic lengths,
+TTLs and windows. Packets only flow from sources to servers, so no handshake completes
+(``--validated-only`` keeps nothing here; the default spec is what is timed). Each 1x of
+data covers one hour at the same packet rate, so 2x and 4x add hours (more windows), the
+way real archives grow.
 
 Every engine run happens in a fresh child process, so peak memory is that run's alone:
 for Polars the process's own peak RSS (``ru_maxrss``, so nothing samples it and takes
