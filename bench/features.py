@@ -20,7 +20,9 @@ CPU from the two cores measured), for Spark the process tree's (the Python drive
 its JVM), sampled every 50 ms. Reported time is wall time of the feature computation
 including reading Parquet and writing the feature table, excluding interpreter and JVM
 start-up (Spark session start-up is reported separately) and a warm-up on the dataset's
-first row group (numba loads its compiled kernels, Spark generates its plan code). The
+first row group (numba loads its compiled kernels, Spark generates its plan code). "CPU
+s" is the Polars process's CPU time over the same span, every thread's (at 10 M packets/s
+two cores allow 4 CPU-s an hour of 20 M packets); Spark's JVM is not counted. The
 Polars engine runs ``--repeat`` times per scale and the median run is reported (shared
 machines are noisy); Spark, minutes a run, runs once. For the Polars engine, "compute
 packets/s" is the computation alone, in another fresh process: each hour is read into
@@ -197,15 +199,25 @@ def _child(engine: str, dataset: str, out: str, master: str) -> None:
     first = pq.ParquetFile(sorted(store.dataset_files(dataset))[0])
     pq.write_table(first.read_row_group(0), warm_up)
     nf.compute_features(str(warm_up), spec, engine=engine, spark=spark)
+    cpu = _cpu_seconds()
     started = time.perf_counter()
     run = nf.write_features(dataset, out, spec, engine=engine, spark=spark)
     seconds = time.perf_counter() - started
-    print(json.dumps({"seconds": seconds, "rows": run.rows, "packets": run.packets,
+    # The JVM's CPU is not this process's: Spark's run reports none.
+    cpu = None if spark is not None else _cpu_seconds() - cpu
+    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "rows": run.rows,
+                      "packets": run.packets,
                       "session_seconds": session_seconds,
                       "own_peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
                       * 1024}), flush=True)
     if spark is not None:
         spark.stop()
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process so far, every thread's, user and system."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _compute_child(dataset: str) -> None:
@@ -323,11 +335,13 @@ def main(argv: list[str] | None = None) -> int:
                 result["compute_rate"] = compute["packets"] / compute["seconds"]
             results.append(result)
             print(f"  {engine}: {result['seconds']:.1f} s", file=sys.stderr)
-    rows = [(r["engine"], f"{r['scale']}x", r["packets"], r["rows"], r["seconds"], r["rate"],
-             r.get("compute_rate"), r["peak_rss"] / 2**20, r["session_seconds"] or None)
+    rows = [(r["engine"], f"{r['scale']}x", r["packets"], r["rows"], r["seconds"],
+             r["cpu_seconds"], r["rate"], r.get("compute_rate"), r["peak_rss"] / 2**20,
+             r["session_seconds"] or None)
             for r in results]
-    print(format_table(["engine", "data", "packets", "node-windows", "seconds", "packets/s",
-                        "compute packets/s", "peak RSS MiB", "session start s"], rows))
+    print(format_table(["engine", "data", "packets", "node-windows", "seconds", "CPU s",
+                        "packets/s", "compute packets/s", "peak RSS MiB", "session start s"],
+                       rows))
     by = {(r["engine"], r["scale"]): r for r in results}
     print()
     lines = []
