@@ -25,7 +25,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from netsift import arrays
-from netsift.errors import StorageError
+from netsift.errors import StorageError, UsageError
 from netsift.schema import PACKET_COLUMNS
 
 MANIFEST = "_manifest.json"
@@ -257,6 +257,25 @@ def dataset_files(root: str | os.PathLike) -> list[str]:
     """The committed Parquet files of a packet dataset (never those being written)."""
     base = Path(root)
     return sorted(str(p) for p in base.glob("date=*/hour=*/*.parquet"))
+
+
+def packet_files(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """The Parquet files of a packet dataset directory, a file, or a list of either."""
+    paths = [source] if isinstance(source, str | os.PathLike) else list(source)
+    files: list[str] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(str(p) for p in path.rglob("*.parquet")
+                           if not any(part.startswith((".", "_")) for part in
+                                      p.relative_to(path).parts))
+            files.extend(found)
+        elif path.is_file():
+            files.append(str(path))
+        else:
+            raise UsageError(f"{path}: no such packet dataset or Parquet file")
+    if not files:
+        raise UsageError(f"no Parquet packet files in {', '.join(map(str, paths))}")
+    return files
 
 
 def read_dataset(root: str | os.PathLike) -> pa.Table:

@@ -62,7 +62,7 @@ def test_gpu_processes_without_executor_gpus_fail_at_once(spark, planted):
 
 
 def test_a_failure_on_the_executors_comes_back_as_its_innermost_error_line():
-    from netsift.detect.distributed import failure_line
+    from netsift.platform.spark import failure_line
 
     # The shape of a failed TorchDistributor run: Spark's wrapper around the task's error,
     # which quotes the tail of torchrun's output.
@@ -78,3 +78,12 @@ def test_a_failure_on_the_executors_comes_back_as_its_innermost_error_line():
     assert failure_line(RuntimeError(wrapped)) == \
         "DistBackendError: NCCL error in: init.cpp:88, no GPU"
     assert failure_line(ValueError("one line, no error name")) == "one line, no error name"
+    # A Java failure through Py4J: the innermost of its causes.
+    java = ("An error occurred while calling o53.collectToPython.\n"
+            ": org.apache.spark.SparkException: [FAILED_READ_FILE.NO_HINT] Encountered error "
+            "while reading file file:///data/a.parquet.  SQLSTATE: KD001\n"
+            "\tat org.apache.spark.sql.errors.QueryExecutionErrors$.cannotReadFilesError\n"
+            "Caused by: org.apache.parquet.io.ParquetDecodingException: could not decompress\n"
+            "Caused by: com.github.luben.zstd.ZstdIOException: Data corruption detected\n"
+            "\t... 39 more\n")
+    assert failure_line(RuntimeError(java)) == "ZstdIOException: Data corruption detected"

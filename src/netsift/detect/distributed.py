@@ -24,7 +24,6 @@ and ``spark.task.resource.gpu.amount`` must be a whole number (the gpu preset of
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ import numpy as np
 from netsift.detect.autoencoder import AutoencoderDetector
 from netsift.detect.scaling import Scaling, as_matrix
 from netsift.errors import NetsiftError, UsageError
-from netsift.platform.spark import quiet_pandas_check
+from netsift.platform.spark import failure_line, quiet_pandas_check
 
 log = logging.getLogger("netsift.detect")
 
@@ -197,23 +196,6 @@ def run_distributed(spark, train: Callable[..., Any], *args: Any, num_processes:
             return distributor.run(train, *args)
         except Exception as exc:  # Py4J, PythonException, RuntimeError: one line for all
             raise NetsiftError(f"distributed training failed: {failure_line(exc)}") from None
-
-
-# "SomeError: message", "java.lang.SomeException: message", ": java...." (Py4J's form).
-_ERROR_LINE = re.compile(r"^[\s:]*(?:[\w.$]+\.)?(\w*(?:Error|Exception)): (.+)$",
-                         re.MULTILINE)
-
-
-def failure_line(exc: BaseException) -> str:
-    """The innermost ``SomeError: message`` line of a (Spark-wrapped) failure."""
-    text = str(exc)
-    matches = [m for m in _ERROR_LINE.finditer(text)
-               if m.group(1) not in ("Py4JJavaError", "PythonException", "SparkException")]
-    if matches:
-        name, message = matches[-1].groups()
-        return f"{name}: {message.strip()}"[:500]
-    first = text.strip().splitlines()
-    return (first[0] if first else type(exc).__name__)[:500]
 
 
 def _train_shard(scaled: np.ndarray, params: dict[str, Any], use_gpu: bool) -> dict[str, Any]:

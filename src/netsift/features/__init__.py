@@ -116,12 +116,13 @@ def compute_features(source, spec: FeatureSpec = FeatureSpec(), *, engine: str =
 
         return polars_engine.collect(source, spec, device=device)
     from netsift.features import spark_engine
-    from netsift.platform.spark import get_session, quiet_pandas_check
+    from netsift.platform.spark import get_session, job_errors, quiet_pandas_check
 
     spark = spark or get_session(master, preset=spark_preset)
-    frame = spark_engine.compute(_spark_frame(spark, source, spec), spec)
-    with quiet_pandas_check():
-        arrow = frame.orderBy(WINDOW_START, NODE).toArrow()
+    with job_errors("the Spark features job"):
+        frame = spark_engine.compute(_spark_frame(spark, source, spec), spec)
+        with quiet_pandas_check():
+            arrow = frame.orderBy(WINDOW_START, NODE).toArrow()
     return _as_table(arrow, spec)
 
 
@@ -205,12 +206,13 @@ def write_features(source, out: str | os.PathLike, spec: FeatureSpec = FeatureSp
                     pending.result()
         else:
             from netsift.features import spark_engine
-            from netsift.platform.spark import get_session
+            from netsift.platform.spark import get_session, job_errors
 
             spark = spark or get_session(master, preset=spark_preset)
-            frame = spark_engine.compute(_spark_frame(spark, source, spec), spec)
-            frame.orderBy(WINDOW_START, NODE).write.option("compression", compression) \
-                .parquet(str(tmp))
+            with job_errors("the Spark features job"):
+                frame = spark_engine.compute(_spark_frame(spark, source, spec), spec)
+                frame.orderBy(WINDOW_START, NODE).write.option("compression", compression) \
+                    .parquet(str(tmp))
             written = read_features(tmp)
             rows = written.num_rows
             if "packets" in written.column_names:

@@ -26,9 +26,10 @@ import polars as pl
 import pyarrow as pa
 
 from netsift import arrays
-from netsift.errors import StorageError, UsageError
+from netsift.errors import StorageError
 from netsift.features import spec as fs
 from netsift.schema import PACKET_SCHEMA
+from netsift.store import packet_files
 
 _HI, _LO = "_node_hi", "_node_lo"
 _KEY = [_HI, _LO, fs.WINDOW_START]
@@ -301,25 +302,6 @@ def _partition_hour(path: str) -> int | None:
         return None
     y, m, d, h = (int(g) for g in match.groups())
     return int(dt.datetime(y, m, d, h, tzinfo=dt.UTC).timestamp()) // 3600
-
-
-def packet_files(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-    """The Parquet files of a packet dataset directory, a file, or a list of either."""
-    paths = [source] if isinstance(source, str | os.PathLike) else list(source)
-    files: list[str] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found = sorted(str(p) for p in path.rglob("*.parquet")
-                           if not any(part.startswith((".", "_")) for part in
-                                      p.relative_to(path).parts))
-            files.extend(found)
-        elif path.is_file():
-            files.append(str(path))
-        else:
-            raise UsageError(f"{path}: no such packet dataset or Parquet file")
-    if not files:
-        raise UsageError(f"no Parquet packet files in {', '.join(map(str, paths))}")
-    return files
 
 
 def chunks(files: Sequence[str], window_ns: int, hours_per_chunk: int = 1) -> list[_Chunk]:

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from netsift import store
 from netsift.features import spec as fs
 
 _COUNT, _PACKETS = "_count", "_packets"
@@ -28,9 +29,17 @@ _SPARK_TYPES = {True: "bigint", False: "double"}
 
 
 def read_packets(spark: SparkSession, source: str | os.PathLike | Sequence) -> DataFrame:
-    """A packet dataset directory, Parquet file(s), or a list of them, as a DataFrame."""
-    paths = [source] if isinstance(source, str | os.PathLike) else list(source)
-    return spark.read.parquet(*(os.fspath(p) for p in paths))
+    """A packet dataset directory, Parquet file(s), or a list of them, as a DataFrame.
+
+    Local paths must hold packet files (the embedded engine's rule and errors); URIs
+    (``hdfs://``, ``s3a://``) go to Spark as they are.
+    """
+    paths = [os.fspath(p) for p in ([source] if isinstance(source, str | os.PathLike)
+                                    else source)]
+    local = [p for p in paths if "://" not in p]
+    if local:
+        store.packet_files(local)
+    return spark.read.parquet(*paths)
 
 
 def predicate(where: fs.Predicate) -> Column:

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 from netsift.detect import distributed
 from netsift.errors import NetsiftError, UsageError
 from netsift.platform import gpu
+from netsift.platform.spark import failure_line
 
 MIN_ACCURACY = 0.9
 
@@ -272,7 +273,7 @@ def run_check(master: str | None = None, device: str = "auto", processes: int | 
                                f"something listens there, but no Spark master answered "
                                f"(wrong port?), or it refused the application") from None
         raise NetsiftError(f"cannot start a Spark application on {master}: "
-                           f"{distributed.failure_line(exc)}") from None
+                           f"{failure_line(exc)}") from None
     report.spark_version = spark.version
     on_line(f"spark {spark.version}, master {master}, application "
             f"{spark.sparkContext.applicationId}")
@@ -316,7 +317,7 @@ def _probe(spark, tasks: int, import_torch: bool) -> list[dict[str, Any]]:
             .mapPartitions(_probe_function(import_torch)).collect()
     except Exception as exc:
         raise NetsiftError(f"the probe job failed on the executors: "
-                           f"{distributed.failure_line(exc)}") from None
+                           f"{failure_line(exc)}") from None
     distinct: dict[tuple, dict[str, Any]] = {}
     for one in found:  # one line per executor process, not per task
         key = (one["host"], one["executor"], one["gpus"])

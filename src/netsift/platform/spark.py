@@ -26,7 +26,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from netsift.errors import UsageError
+from netsift.errors import NetsiftError, StorageError, UsageError
 
 LOOPBACK = "127.0.0.1"
 # Cheap start-up and small jobs: no web UI, no progress bar, few shuffle partitions.
@@ -94,7 +94,67 @@ def get_session(master: str | None = None, app_name: str = "netsift",
     with quiet_pandas_check():
         session = builder.getOrCreate()
     session.sparkContext.setLogLevel("ERROR")
+    _quiet_task_failures(session)
     return session
+
+
+# Loggers that print a failed task's Java stack trace to the driver's console (in local
+# mode the executors run in the driver's JVM). The failure reaches the caller anyway,
+# as one line (:func:`job_errors`), so sessions netsift starts turn them off; executors
+# of a cluster keep logging to their own logs.
+_TASK_FAILURE_LOGGERS = ("org.apache.spark.executor.Executor",
+                         "org.apache.spark.scheduler.TaskSetManager",
+                         "org.apache.spark.util.Utils",
+                         "org.apache.spark.sql.execution.datasources.FileFormatWriter")
+
+
+def _quiet_task_failures(session) -> None:
+    jvm = session.sparkContext._jvm
+    off = jvm.org.apache.logging.log4j.Level.OFF
+    for name in _TASK_FAILURE_LOGGERS:
+        jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(name, off)
+
+
+# "SomeError: message", "java.lang.SomeException: message", ": java...." (Py4J's form),
+# "Caused by: java...." (a Java stack trace's causes, the innermost last).
+_ERROR_LINE = re.compile(r"^[\s:]*(?:Caused by: )?(?:[\w.$]+\.)?(\w*(?:Error|Exception)): (.+)$",
+                         re.MULTILINE)
+_UNREADABLE = re.compile(r"FAILED_READ_FILE\.\w+\] Encountered error while reading file "
+                         r"(\S+?)\.?(?:\s|$)")
+
+
+def failure_line(exc: BaseException) -> str:
+    """The innermost ``SomeError: message`` line of a (Spark-wrapped) failure."""
+    text = str(exc)
+    matches = [m for m in _ERROR_LINE.finditer(text)
+               if m.group(1) not in ("Py4JJavaError", "PythonException", "SparkException")]
+    if matches:
+        name, message = matches[-1].groups()
+        return f"{name}: {message.strip()}"[:500]
+    first = text.strip().splitlines()
+    return (first[0] if first else type(exc).__name__)[:500]
+
+
+@contextlib.contextmanager
+def job_errors(what: str) -> Iterator[None]:
+    """A failed Spark job as one line: :class:`StorageError` naming a file Spark could
+    not read (a damaged Parquet file), else :class:`NetsiftError` ("WHAT failed: ...")."""
+    from py4j.protocol import Py4JError
+    from pyspark.errors import PySparkException
+
+    try:
+        yield
+    except (PySparkException, Py4JError) as exc:
+        unreadable = _UNREADABLE.search(str(exc))
+        if unreadable:
+            from urllib.parse import unquote, urlparse
+
+            location = unreadable.group(1)
+            path = unquote(urlparse(location).path) if location.startswith("file:") \
+                else location
+            raise StorageError(f"{path}: cannot read packets ({failure_line(exc)})") \
+                from None
+        raise NetsiftError(f"{what} failed: {failure_line(exc)}") from None
 
 
 @contextlib.contextmanager
