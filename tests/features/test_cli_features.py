@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -82,6 +84,32 @@ def test_missing_input(tmp_path):
     assert proc.returncode == 1
     assert errors(proc) == f"netsift: error: {tmp_path / 'nothing'}: no such packet " \
                            "dataset or Parquet file"
+
+
+def test_a_killed_runs_leftovers_are_undone_by_the_next_run(lan_dataset, tmp_path, capsys):
+    """A killed run leaves its partial table (``.OUT.tmp-HOST-PID-*``) and, killed between
+    its two renames, the previous table set aside (``.OUT.old-...``). The next run for
+    the same --out removes the first and puts the second back, for dead processes of
+    this host only, before it computes anything (so even a run that then fails)."""
+    out = tmp_path / "features"
+    assert main(["features", str(lan_dataset), "--out", str(out), "-q"]) == 0
+    before = nf.read_features(out)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    host = socket.gethostname()
+    set_aside = tmp_path / f".features.old-{host}-{dead}-0badf00d"
+    os.replace(out, set_aside)
+    partial = tmp_path / f".features.tmp-{host}-{dead}-0badf00d"
+    running = tmp_path / f".features.tmp-{host}-{os.getpid()}-00c0ffee"
+    elsewhere = tmp_path / f".features.tmp-other-host-{dead}-0ddba11"
+    for scratch in (partial, running, elsewhere):
+        scratch.mkdir()
+        (scratch / "part-00000-0000.parquet").write_bytes(b"half a file")
+    assert main(["features", str(tmp_path / "nothing"), "--out", str(out)]) == 1
+    assert "no such packet dataset" in capsys.readouterr().err
+    assert not partial.exists() and not set_aside.exists()
+    assert running.exists() and elsewhere.exists()
+    assert nf.read_features(out).equals(before)
 
 
 @pytest.mark.parametrize(("engine", "damage"), [
