@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from netsift import arrays
 from netsift.errors import StorageError, UsageError
-from netsift.schema import PACKET_COLUMNS
+from netsift.schema import PACKET_COLUMNS, PACKET_SCHEMA
 
 MANIFEST = "_manifest.json"
 TMP_DIR = ".tmp"
@@ -276,6 +276,34 @@ def packet_files(source: str | os.PathLike | Sequence[str | os.PathLike]) -> lis
     if not files:
         raise UsageError(f"no Parquet packet files in {', '.join(map(str, paths))}")
     return files
+
+
+def not_packets(path: str, missing: Sequence[str]) -> UsageError:
+    """Parquet input without the packet columns a reader needs (one message for all)."""
+    return UsageError(f"{path}: not a packet table (no column {', '.join(missing)}; "
+                      "netsift ingest writes one)")
+
+
+def check_packet_types(path: str, schema: pa.Schema, columns: Sequence[str]) -> None:
+    """Refuse (one line naming ``path``) a column of ``columns`` that ``schema`` has with
+    a type no packet table gives it: addresses are binary, integer fields integers of any
+    width and sign (Spark writes signed ones). Missing columns are the reader's to
+    report."""
+    for name in columns:
+        if name not in schema.names:
+            continue
+        given, expected = schema.field(name).type, PACKET_SCHEMA.field(name).type
+        if pa.types.is_fixed_size_binary(expected):
+            fits = (pa.types.is_fixed_size_binary(given) and given.byte_width == 16) or \
+                pa.types.is_binary(given) or pa.types.is_large_binary(given) or \
+                pa.types.is_binary_view(given)
+        elif pa.types.is_integer(expected):
+            fits = pa.types.is_integer(given)
+        else:
+            fits = given == expected
+        if not fits:
+            raise UsageError(f"{path}: not a packet table (column {name} is {given}, "
+                             f"not {expected}; netsift ingest writes one)")
 
 
 def read_dataset(root: str | os.PathLike) -> pa.Table:

@@ -139,6 +139,31 @@ def test_damaged_packet_file_is_one_line_naming_it(lan_dataset, tmp_path, engine
     assert not (tmp_path / "f").exists()
 
 
+@pytest.mark.parametrize("engine", ["polars", pytest.param("spark", marks=pytest.mark.spark)])
+def test_parquet_that_is_not_packets_is_refused_in_one_line(lan_dataset, tmp_path, capsys,
+                                                            request, engine):
+    """A feature table given as packets (no packet columns), and packets whose ``ts``
+    is text: the embedded engine raised a TypeError on the text, Spark cast it."""
+    packets = pq.read_table(sorted(lan_dataset.glob("date=*/hour=*/*.parquet"))[0])
+    text_times = tmp_path / "text-times.parquet"
+    pq.write_table(packets.set_column(0, "ts", packets.column("ts").cast("string")),
+                   text_times)
+    features = tmp_path / "features"
+    assert main(["features", str(lan_dataset), "--out", str(features), "-q"]) == 0
+    options = ["--engine", engine]
+    if engine == "spark":
+        options += ["--master", request.getfixturevalue("spark_cluster").master_url]
+        request.getfixturevalue("spark")
+    capsys.readouterr()
+    for source, message in [(text_times, "column ts is string, not int64"),
+                            (features, "no column ts")]:
+        assert main(["features", str(source), "--out", str(tmp_path / "f"), *options]) == 1
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert error.startswith("netsift: error: ") and str(source) in error, error
+        assert f"not a packet table ({message}" in error, error
+    assert not (tmp_path / "f").exists()
+
+
 @pytest.mark.spark
 def test_spark_engine_errors_on_missing_input_as_the_embedded_engine_does(tmp_path, spark,
                                                                           spark_cluster,

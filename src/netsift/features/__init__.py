@@ -92,7 +92,15 @@ def _spark_frame(spark, source, spec: FeatureSpec):
             pa.field(f.name, pa.binary() if pa.types.is_fixed_size_binary(f.type)
                      else _SPARK_WIDER.get(f.type, f.type)) for f in table.schema)
         return spark.createDataFrame(table.cast(schema))
-    return spark_engine.read_packets(spark, source)
+    from netsift.store import check_packet_types, not_packets
+
+    frame = spark_engine.read_packets(spark, source)
+    paths = ", ".join(map(str, [source] if isinstance(source, str | os.PathLike) else source))
+    missing = [c for c in spec.input_columns() if c not in frame.columns]
+    if missing:
+        raise not_packets(paths, missing)
+    check_packet_types(paths, spark_engine.arrow_schema(frame), spec.input_columns())
+    return frame
 
 
 def _as_table(arrow: pa.Table, spec: FeatureSpec) -> pa.Table:

@@ -42,6 +42,13 @@ def read_packets(spark: SparkSession, source: str | os.PathLike | Sequence) -> D
     return spark.read.parquet(*paths)
 
 
+def arrow_schema(frame: DataFrame):
+    """A DataFrame's schema as Arrow's (the types its Arrow export gives)."""
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    return to_arrow_schema(frame.schema)
+
+
 def predicate(where: fs.Predicate) -> Column:
     """A spec predicate as a boolean column that is false (never null) on nulls."""
     column = F.col(where.column)
