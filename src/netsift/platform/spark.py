@@ -109,10 +109,15 @@ _TASK_FAILURE_LOGGERS = ("org.apache.spark.executor.Executor",
 
 
 def _quiet_task_failures(session) -> None:
+    from py4j.protocol import Py4JError
+
     jvm = session.sparkContext._jvm
-    off = jvm.org.apache.logging.log4j.Level.OFF
-    for name in _TASK_FAILURE_LOGGERS:
-        jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(name, off)
+    try:
+        off = jvm.org.apache.logging.log4j.Level.OFF
+        for name in _TASK_FAILURE_LOGGERS:
+            jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(name, off)
+    except Py4JError:  # a Spark without log4j 2 (before 3.3): its console stays as it is
+        pass
 
 
 # "SomeError: message", "java.lang.SomeException: message", ": java...." (Py4J's form),
