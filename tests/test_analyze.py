@@ -55,6 +55,7 @@ def test_analyze_writes_every_output(analyzed):
     assert sorted(scores.column("rank").to_pylist()) == list(range(1, scores.num_rows + 1))
     assert (analyzed / "model.npz").stat().st_size > 0
     assert (analyzed / "packets" / "_manifest.json").exists()
+    assert not [p.name for p in analyzed.iterdir() if p.name.startswith(".")]  # no scratch
     alerts = [json.loads(line) for line in (analyzed / "alerts.jsonl").read_text().splitlines()]
     assert alerts, "no alerts"
     flagged = sum(scores.column("alert").to_pylist())
@@ -130,6 +131,28 @@ def test_not_a_capture_is_one_line(tmp_path):
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("netsift: error: ")
+
+
+def test_a_killed_runs_half_written_outputs_are_cleared_by_the_next(tmp_path):
+    """Outputs are written to ``.NAME.tmp-HOST-PID-*`` and renamed; a SIGKILL leaves the
+    scratch file. The next run into OUT removes those of dead processes of this host
+    (before it ingests anything, so even a run that then fails), and no others."""
+    import socket
+
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    host = socket.gethostname()
+    left = [out / f".{name}.tmp-{host}-{dead}-0badf00d"
+            for name in ("features.parquet", "scores.parquet", "model.npz", "report.html")]
+    live = out / f".alerts.jsonl.tmp-{host}-{os.getpid()}-00c0ffee"
+    for path in (*left, live):
+        path.write_bytes(b"half written")
+    junk = tmp_path / "notes.txt"
+    junk.write_text("not a capture\n")
+    assert netsift("analyze", str(junk), "--out", str(out)).returncode == 1
+    assert not any(path.exists() for path in left) and live.exists()
 
 
 def test_evaluate_prints_every_detector(tmp_path):

@@ -1,6 +1,6 @@
 """``netsift analyze``: ingest -> features -> fit (or load) a detector -> scores, alerts, report.
 
-Output directory layout (docs/analyze.md):
+Output directory layout (README, "Using it"):
 
     OUT/packets/            the packet dataset (``netsift ingest``; re-runs skip what is there)
     OUT/features.parquet    one row per node and window (docs/features.md)
@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from netsift import store
 from netsift.errors import StorageError, UsageError
 from netsift.features import FeatureSpec, compute_features
 from netsift.features.spec import NODE, WINDOW_START
@@ -43,6 +43,8 @@ DEFAULT_DETECTOR = "iforest"
 DEFAULT_THRESHOLD = 0.5
 TOP_FEATURES = 3
 SCORE_SCHEMA_KEYS = (NODE, WINDOW_START, "window_end", "score", "rank", "alert")
+#: The files ``analyze`` writes in OUT, each through a scratch file renamed into place.
+OUTPUTS = ("features.parquet", "scores.parquet", "alerts.jsonl", "model.npz", "report.html")
 
 
 @dataclass
@@ -165,7 +167,7 @@ def write_alerts(path: Path, alerts: list[dict]) -> None:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    tmp = store.scratch_path(path)
     try:
         tmp.write_bytes(data)
         os.replace(tmp, path)
@@ -175,7 +177,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def _atomic_parquet(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    tmp = store.scratch_path(path)
     try:
         pq.write_table(table, tmp, compression="zstd")
         os.replace(tmp, path)
@@ -230,6 +232,8 @@ def analyze(inputs: list[str], out: str | os.PathLike, options: AnalyzeOptions |
         raise UsageError(f"--threshold must be in (0, 1), not {options.threshold}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    for name in OUTPUTS:  # what a killed run left half-written
+        store.clear_leftovers(out / name)
     say = on_stage or (lambda _text: None)
     seconds: dict[str, float] = {}
     spec = options.spec()

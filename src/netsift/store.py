@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -257,6 +258,49 @@ def dataset_files(root: str | os.PathLike) -> list[str]:
     """The committed Parquet files of a packet dataset (never those being written)."""
     base = Path(root)
     return sorted(str(p) for p in base.glob("date=*/hour=*/*.parquet"))
+
+
+def scratch_path(path: Path, kind: str = "tmp") -> Path:
+    """Where ``path`` is written before it is renamed into place (``kind`` "tmp"), or
+    set aside while it is replaced ("old"): ``.NAME.KIND-HOST-PID-HEX`` beside it, so a
+    later run can tell a killed run's leftovers (:func:`clear_leftovers`) from a live
+    run's."""
+    return path.with_name(f".{path.name}.{kind}-{socket.gethostname()}-{os.getpid()}-"
+                          f"{uuid.uuid4().hex[:8]}")
+
+
+def clear_leftovers(path: Path) -> None:
+    """Undo what killed runs of this host left beside ``path`` (:func:`scratch_path`):
+    partial writes are removed; a ``path`` set aside for replacement is removed if a new
+    one is in place, else put back. Live processes' scratch is left alone."""
+    host = socket.gethostname()
+    try:
+        beside = sorted(path.parent.iterdir())
+    except FileNotFoundError:
+        return
+    for kind in ("old", "tmp"):
+        prefix = f".{path.name}.{kind}-"
+        for found in (p for p in beside if p.name.startswith(prefix)):
+            owner, _, _ = found.name[len(prefix):].rpartition("-")
+            owner_host, _, pid = owner.rpartition("-")
+            if owner_host != host or not pid.isdigit() or _alive(int(pid)):
+                continue
+            if kind == "old" and not path.exists():
+                os.replace(found, path)
+            elif found.is_dir():
+                shutil.rmtree(found, ignore_errors=True)
+            else:
+                found.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def packet_files(source: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:

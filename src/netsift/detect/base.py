@@ -22,7 +22,6 @@ import inspect
 import json
 import logging
 import os
-import uuid
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -32,6 +31,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from netsift import store
 from netsift.detect.scaling import Scaling, as_matrix, default_categorical
 from netsift.errors import UsageError
 
@@ -172,7 +172,7 @@ class Detector:
         arrays = {f"scaling/{key}": value for key, value in scaling_arrays.items()}
         arrays.update({f"model/{key}": value for key, value in state_arrays.items()})
         path = Path(path)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        tmp = store.scratch_path(path)
         try:
             with open(tmp, "wb") as out:
                 np.savez(out, **{_META: np.array(json.dumps(meta))}, **arrays)

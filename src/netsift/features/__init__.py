@@ -14,9 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from netsift import store
 from netsift.errors import StorageError, UsageError
 from netsift.features.spec import (
     KEY_COLUMNS,
@@ -160,42 +159,6 @@ def _write_parts(part: pa.Table, directory: Path, index: int, spec: FeatureSpec,
                       zip(pieces, paths, strict=True)))
 
 
-def _scratch(out: Path, kind: str) -> Path:
-    """A directory beside ``out`` named by host and process (``.OUT.KIND-HOST-PID-HEX``),
-    so a later run can tell a killed run's leftovers from a live run's."""
-    return out.with_name(f".{out.name}.{kind}-{socket.gethostname()}-{os.getpid()}-"
-                         f"{uuid.uuid4().hex[:8]}")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
-def _clear_leftovers(out: Path) -> None:
-    """Undo what killed runs on this host left beside ``out``: their partial tables
-    (``tmp``) are removed; a table set aside for replacement (``old``) is removed if the
-    new one is in place, else put back."""
-    host = socket.gethostname()
-    beside = sorted(out.parent.iterdir())
-    for kind in ("old", "tmp"):
-        prefix = f".{out.name}.{kind}-"
-        for path in (p for p in beside if p.name.startswith(prefix)):
-            owner, _, _ = path.name[len(prefix):].rpartition("-")
-            owner_host, _, pid = owner.rpartition("-")
-            if owner_host != host or not pid.isdigit() or _alive(int(pid)):
-                continue
-            if kind == "old" and not out.exists():
-                os.replace(path, out)
-            else:
-                shutil.rmtree(path, ignore_errors=True)
-
-
 def _swap_in(tmp: Path, out: Path) -> None:
     """Replace ``out`` by the complete directory ``tmp`` (readers never see a mix)."""
     old = None
@@ -204,7 +167,7 @@ def _swap_in(tmp: Path, out: Path) -> None:
                                    for p in out.iterdir()):
             raise StorageError(f"{out}: exists and is not a feature table; "
                                "choose another --out")
-        old = _scratch(out, "old")
+        old = store.scratch_path(out, "old")
         os.replace(out, old)
     os.replace(tmp, out)
     if old is not None:
@@ -228,12 +191,12 @@ def write_features(source, out: str | os.PathLike, spec: FeatureSpec = FeatureSp
         raise UsageError(f"unknown compression {compression!r}: use one of "
                          f"{', '.join(COMPRESSIONS)}")
     out = Path(out).absolute()
-    tmp = _scratch(out, "tmp")
+    tmp = store.scratch_path(out)
     started = time.perf_counter()
     rows = packets = 0
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        _clear_leftovers(out)
+        store.clear_leftovers(out)
         if engine == "polars":
             from netsift.features import polars_engine
 

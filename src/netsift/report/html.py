@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import html
 import json
+import os
 from pathlib import Path
+
+from netsift import store
 
 _STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#222}
@@ -148,5 +151,7 @@ colour from blue (typical) to red (anomalous). Hover a dot for the host.</p>
 <script>{_SCRIPT}</script>
 </body></html>
 """
-    path.write_text(page, encoding="utf-8")
+    tmp = store.scratch_path(path)  # a reader never sees half a page
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, path)
     return path
