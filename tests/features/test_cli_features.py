@@ -67,6 +67,20 @@ def test_bad_options(lan_dataset, tmp_path, args, status, message):
     assert not (tmp_path / "f").exists()
 
 
+def test_output_inside_the_packet_dataset_is_refused(lan_dataset, tmp_path, capsys):
+    """A feature table inside the dataset would be read as packets by the next run."""
+    packets = tmp_path / "packets"
+    shutil.copytree(lan_dataset, packets)
+    for out, where in [(packets / "features", "is inside"), (packets, "is")]:
+        assert main(["features", str(packets), "--out", str(out)]) == 1
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert error == f"netsift: error: --out {out} {where} the packet dataset " \
+                        f"{packets}: choose a directory outside it"
+    assert not (packets / "features").exists()
+    assert sorted(p.name for p in packets.iterdir()) == \
+        sorted(p.name for p in lan_dataset.iterdir())
+
+
 def test_foreign_output_directory_is_kept(lan_dataset, tmp_path):
     out = tmp_path / "home"
     out.mkdir()

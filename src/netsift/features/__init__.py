@@ -174,6 +174,19 @@ def _swap_in(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _check_out_beside(source, out: Path) -> None:
+    """Refuse an ``out`` inside a packet dataset directory of ``source``: the next run
+    would read the feature table as packets."""
+    if isinstance(source, pa.Table):
+        return
+    for path in [source] if isinstance(source, str | os.PathLike) else source:
+        root = Path(path).resolve()
+        if "://" not in str(path) and root.is_dir() and out.resolve().is_relative_to(root):
+            where = "is" if out.resolve() == root else "is inside"
+            raise UsageError(f"--out {out} {where} the packet dataset {path}: "
+                             "choose a directory outside it")
+
+
 def write_features(source, out: str | os.PathLike, spec: FeatureSpec = FeatureSpec(), *,
                    engine: str = "polars", master: str | None = None,
                    spark=None, device: str = "cpu", spark_preset: str | None = None,
@@ -191,6 +204,7 @@ def write_features(source, out: str | os.PathLike, spec: FeatureSpec = FeatureSp
         raise UsageError(f"unknown compression {compression!r}: use one of "
                          f"{', '.join(COMPRESSIONS)}")
     out = Path(out).absolute()
+    _check_out_beside(source, out)
     tmp = store.scratch_path(out)
     started = time.perf_counter()
     rows = packets = 0
