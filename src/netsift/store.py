@@ -12,6 +12,11 @@ input after a crash overwrites its own files instead of adding duplicates. The m
 records each input's path, size and mtime; an unchanged input is skipped on the next run.
 Rows without a timestamp (pcapng Simple Packet Blocks) go to Spark's null partition
 ``date=__HIVE_DEFAULT_PARTITION__/hour=__HIVE_DEFAULT_PARTITION__``.
+
+Readers find a dataset's files with :func:`packet_files` and refuse Parquet that is not a
+packet table (:func:`check_packet_types`). Outputs other commands write whole (feature
+tables, analyze's files) go through :func:`scratch_path` names that tell a killed run's
+leftovers (:func:`clear_leftovers`) from a live run's.
 """
 
 from __future__ import annotations
