@@ -14,7 +14,7 @@ Rows without a timestamp (pcapng Simple Packet Blocks) go to Spark's null partit
 ``date=__HIVE_DEFAULT_PARTITION__/hour=__HIVE_DEFAULT_PARTITION__``.
 
 Readers find a dataset's files with :func:`packet_files` and refuse Parquet that is not a
-packet table (:func:`check_packet_types`). Outputs other commands write whole (feature
+packet table (:func:`check_packet_columns`). Outputs other commands write whole (feature
 tables, analyze's files) go through :func:`scratch_path` names that tell a killed run's
 leftovers (:func:`clear_leftovers`) from a live run's.
 """
@@ -327,20 +327,14 @@ def packet_files(source: str | os.PathLike | Sequence[str | os.PathLike]) -> lis
     return files
 
 
-def not_packets(path: str, missing: Sequence[str]) -> UsageError:
-    """Parquet input without the packet columns a reader needs (one message for all)."""
-    return UsageError(f"{path}: not a packet table (no column {', '.join(missing)}; "
-                      "netsift ingest writes one)")
-
-
-def check_packet_types(path: str, schema: pa.Schema, columns: Sequence[str]) -> None:
-    """Refuse (one line naming ``path``) a column of ``columns`` that ``schema`` has with
-    a type no packet table gives it: addresses are binary, integer fields integers of any
-    width and sign (Spark writes signed ones). Missing columns are the reader's to
-    report."""
-    for name in columns:
-        if name not in schema.names:
-            continue
+def check_packet_columns(path: str, schema: pa.Schema, columns: Sequence[str], *,
+                         all_present: bool = True) -> None:
+    """Refuse, in one line naming ``path``, Parquet that is not a packet table: a column
+    of ``columns`` of a type no packet table gives it (addresses are binary, integer
+    fields integers of any width and sign: Spark writes signed ones), or missing (unless
+    not ``all_present``: a file of a dataset whose other files may have it)."""
+    missing = [name for name in columns if name not in schema.names]
+    for name in (c for c in columns if c not in missing):
         given, expected = schema.field(name).type, PACKET_SCHEMA.field(name).type
         if pa.types.is_fixed_size_binary(expected):
             fits = (pa.types.is_fixed_size_binary(given) and given.byte_width == 16) or \
@@ -353,6 +347,9 @@ def check_packet_types(path: str, schema: pa.Schema, columns: Sequence[str]) -> 
         if not fits:
             raise UsageError(f"{path}: not a packet table (column {name} is {given}, "
                              f"not {expected}; netsift ingest writes one)")
+    if missing and all_present:
+        raise UsageError(f"{path}: not a packet table (no column {', '.join(missing)}; "
+                         "netsift ingest writes one)")
 
 
 def read_dataset(root: str | os.PathLike) -> pa.Table:

@@ -91,15 +91,7 @@ def _spark_frame(spark, source, spec: FeatureSpec):
             pa.field(f.name, pa.binary() if pa.types.is_fixed_size_binary(f.type)
                      else _SPARK_WIDER.get(f.type, f.type)) for f in table.schema)
         return spark.createDataFrame(table.cast(schema))
-    from netsift.store import check_packet_types, not_packets
-
-    frame = spark_engine.read_packets(spark, source)
-    paths = ", ".join(map(str, [source] if isinstance(source, str | os.PathLike) else source))
-    missing = [c for c in spec.input_columns() if c not in frame.columns]
-    if missing:
-        raise not_packets(paths, missing)
-    check_packet_types(paths, spark_engine.arrow_schema(frame), spec.input_columns())
-    return frame
+    return spark_engine.read_packets(spark, source, spec.input_columns())
 
 
 def _as_table(arrow: pa.Table, spec: FeatureSpec) -> pa.Table:
@@ -174,15 +166,16 @@ def _swap_in(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _check_out_beside(source, out: Path) -> None:
+def _check_out_outside(source, out: Path) -> None:
     """Refuse an ``out`` inside a packet dataset directory of ``source``: the next run
     would read the feature table as packets."""
     if isinstance(source, pa.Table):
         return
+    target = out.resolve()
     for path in [source] if isinstance(source, str | os.PathLike) else source:
         root = Path(path).resolve()
-        if "://" not in str(path) and root.is_dir() and out.resolve().is_relative_to(root):
-            where = "is" if out.resolve() == root else "is inside"
+        if "://" not in str(path) and root.is_dir() and target.is_relative_to(root):
+            where = "is" if target == root else "is inside"
             raise UsageError(f"--out {out} {where} the packet dataset {path}: "
                              "choose a directory outside it")
 
@@ -204,7 +197,7 @@ def write_features(source, out: str | os.PathLike, spec: FeatureSpec = FeatureSp
         raise UsageError(f"unknown compression {compression!r}: use one of "
                          f"{', '.join(COMPRESSIONS)}")
     out = Path(out).absolute()
-    _check_out_beside(source, out)
+    _check_out_outside(source, out)
     tmp = store.scratch_path(out)
     started = time.perf_counter()
     rows = packets = 0

@@ -26,10 +26,10 @@ import polars as pl
 import pyarrow as pa
 
 from netsift import arrays
-from netsift.errors import NetsiftError, StorageError
+from netsift.errors import StorageError
 from netsift.features import spec as fs
 from netsift.schema import PACKET_SCHEMA
-from netsift.store import check_packet_types, not_packets, packet_files
+from netsift.store import check_packet_columns, packet_files
 
 _HI, _LO = "_node_hi", "_node_lo"
 _KEY = [_HI, _LO, fs.WINDOW_START]
@@ -362,16 +362,10 @@ def _kernel(table: pa.Table, spec: fs.FeatureSpec) -> pa.Table:
     return kernel.evaluate(table, spec)
 
 
-def _unreadable(path: str, exc: Exception) -> NetsiftError:
-    """A damaged packet file, or a Parquet file of something else, as one line that
-    names it."""
+def _unreadable(path: str, exc: Exception) -> StorageError:
+    """A damaged packet file as one line that names it."""
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if missing := _NO_COLUMN.search(reason):
-        return not_packets(path, [missing.group(1)])
     return StorageError(f"{path}: cannot read packets ({reason})")
-
-
-_NO_COLUMN = re.compile(r"No match for FieldRef\.Name\((\w+)\)")
 
 
 def _read_chunk(chunk: _Chunk, spec: fs.FeatureSpec) -> pa.Table:
@@ -381,7 +375,7 @@ def _read_chunk(chunk: _Chunk, spec: fs.FeatureSpec) -> pa.Table:
 
     try:
         dataset = ds.dataset(list(chunk.files), format="parquet")
-        check_packet_types(", ".join(chunk.files), dataset.schema, spec.input_columns())
+        check_packet_columns(", ".join(chunk.files), dataset.schema, spec.input_columns())
         if chunk.start is None or _whole_hours(chunk):
             # An hour partition holds only that hour's packets: nothing to cut away.
             return dataset.to_table(columns=spec.input_columns())
@@ -463,7 +457,7 @@ def _slices(chunk: _Chunk, spec: fs.FeatureSpec) -> Iterator[pa.Table]:
         metadata, arrow = reader.metadata, reader.schema_arrow
         names = arrow.names
         types = [arrow.field(c).type if c in names else None for c in columns]
-        check_packet_types(path, arrow, columns)
+        check_packet_columns(path, arrow, columns, all_present=False)
         if None in types or (kinds is not None and types != kinds):
             # a column missing (the dataset reader reports it) or typed differently
             # between files (the dataset reader unifies): read the chunk as a whole

@@ -28,25 +28,24 @@ _COUNT, _PACKETS = "_count", "_packets"
 _SPARK_TYPES = {True: "bigint", False: "double"}
 
 
-def read_packets(spark: SparkSession, source: str | os.PathLike | Sequence) -> DataFrame:
-    """A packet dataset directory, Parquet file(s), or a list of them, as a DataFrame.
+def read_packets(spark: SparkSession, source: str | os.PathLike | Sequence,
+                 columns: Sequence[str] = ()) -> DataFrame:
+    """A packet dataset directory, Parquet file(s), or a list of them, as a DataFrame
+    that has ``columns`` (refused in one line otherwise, as the embedded engine does).
 
     Local paths must hold packet files (the embedded engine's rule and errors); URIs
     (``hdfs://``, ``s3a://``) go to Spark as they are.
     """
+    from pyspark.sql.pandas.types import to_arrow_schema
+
     paths = [os.fspath(p) for p in ([source] if isinstance(source, str | os.PathLike)
                                     else source)]
     local = [p for p in paths if "://" not in p]
     if local:
         store.packet_files(local)
-    return spark.read.parquet(*paths)
-
-
-def arrow_schema(frame: DataFrame):
-    """A DataFrame's schema as Arrow's (the types its Arrow export gives)."""
-    from pyspark.sql.pandas.types import to_arrow_schema
-
-    return to_arrow_schema(frame.schema)
+    frame = spark.read.parquet(*paths)
+    store.check_packet_columns(", ".join(paths), to_arrow_schema(frame.schema), columns)
+    return frame
 
 
 def predicate(where: fs.Predicate) -> Column:
