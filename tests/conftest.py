@@ -6,6 +6,9 @@ test-support module as ``import netlab``.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import netlab
 import pytest
 
@@ -20,3 +23,10 @@ def captures(tmp_path_factory) -> dict[str, netlab.Capture]:
     if reason:
         pytest.skip(f"real captures unavailable: {reason}")
     return netlab.make_captures(tmp_path_factory.mktemp("captures"))
+
+
+@pytest.fixture
+def dead_pid() -> int:
+    """The PID of a process that has exited (a killed run's, as its scratch names it)."""
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True).stdout)

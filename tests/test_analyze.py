@@ -133,7 +133,7 @@ def test_not_a_capture_is_one_line(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("netsift: error: ")
 
 
-def test_a_killed_runs_half_written_outputs_are_cleared_by_the_next(tmp_path):
+def test_a_killed_runs_half_written_outputs_are_cleared_by_the_next(tmp_path, dead_pid):
     """Outputs are written to ``.NAME.tmp-HOST-PID-*`` and renamed; a SIGKILL leaves the
     scratch file. The next run into OUT removes those of dead processes of this host
     (before it ingests anything, so even a run that then fails), and no others."""
@@ -141,8 +141,7 @@ def test_a_killed_runs_half_written_outputs_are_cleared_by_the_next(tmp_path):
 
     out = tmp_path / "out"
     out.mkdir()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    dead = dead_pid
     host = socket.gethostname()
     left = [out / f".{name}.tmp-{host}-{dead}-0badf00d"
             for name in ("features.parquet", "scores.parquet", "model.npz", "report.html")]

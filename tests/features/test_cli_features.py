@@ -100,7 +100,8 @@ def test_missing_input(tmp_path):
                            "dataset or Parquet file"
 
 
-def test_a_killed_runs_leftovers_are_undone_by_the_next_run(lan_dataset, tmp_path, capsys):
+def test_a_killed_runs_leftovers_are_undone_by_the_next_run(lan_dataset, tmp_path, capsys,
+                                                            dead_pid):
     """A killed run leaves its partial table (``.OUT.tmp-HOST-PID-*``) and, killed between
     its two renames, the previous table set aside (``.OUT.old-...``). The next run for
     the same --out removes the first and puts the second back, for dead processes of
@@ -108,8 +109,7 @@ def test_a_killed_runs_leftovers_are_undone_by_the_next_run(lan_dataset, tmp_pat
     out = tmp_path / "features"
     assert main(["features", str(lan_dataset), "--out", str(out), "-q"]) == 0
     before = nf.read_features(out)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    dead = dead_pid
     host = socket.gethostname()
     set_aside = tmp_path / f".features.old-{host}-{dead}-0badf00d"
     os.replace(out, set_aside)
